@@ -1,0 +1,50 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both set up `.venv` first.
+# The environment is installed by uv from uv.lock (exact versions, hashes); uv does not read pip's
+# find-links, so a machine-local CPU-only torch wheel can never replace the registry's torch.
+SHELL := /bin/bash
+UV_VERSION := 0.13.9
+PYTHON ?= python3
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: setup lint format test test-fast demo bench lock clean
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --no-input --disable-pip-version-check "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml packages/*/pyproject.toml apps/pyproject.toml
+	$(UV) sync --frozen --all-packages --python $(PYTHON)
+	touch $@
+
+setup: $(VENV)/.synced
+
+lock: $(UV)
+	$(UV) lock
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: setup lint
+	$(PY) -m pytest packages apps tests
+
+test-fast: setup
+	$(PY) -m pytest packages apps tests -m "not slow"
+
+demo: setup
+	$(VENV)/bin/cofe demo --out outputs/demo
+
+bench: setup
+	$(PY) packages/dit/benchmarks/bench_dit.py
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache outputs

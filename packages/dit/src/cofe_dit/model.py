@@ -1,0 +1,511 @@
+"""A Wan 2.1 / 2.2 compatible video diffusion transformer, in one file.
+
+Architecture (Wan-Video/Wan2.1 ``wan/modules/model.py``; Wan2.2 adds per-token timesteps for TI2V):
+patch embedding (1, 2, 2) of a latent video, 3D rotary position embedding split over frames/height/width,
+sinusoidal timestep embedding driving AdaLN modulation (shift, scale, gate) in every block, self-attention with
+RMS-normalised q and k, text cross-attention (plus a decoupled CLIP-image branch for Wan 2.1 I2V), a GELU(tanh)
+FFN, and a modulated output head followed by unpatchify.
+
+Module and parameter names follow the original Wan checkpoints, so their state dicts load without renaming;
+``cofe_dit.checkpoint`` maps the diffusers ``WanTransformer3DModel`` names onto these.
+
+On top of Wan, every block can take extra context tokens (for CoFE: fused face tokens) through a decoupled
+cross-attention branch whose output projection starts at zero, so a pretrained model is unchanged until trained.
+
+Numerics: the residual stream, norms, AdaLN modulation, RoPE and the timestep embedding are computed in fp32;
+under ``torch.autocast`` the linear layers and attention run in bf16/fp16.
+
+Shape legend:
+    B batch, C latent channels, F/H/W latent frames/height/width, L = F'H'W' video tokens after patching,
+    D model width, N heads, Dh = D / N head width, T text tokens, I CLIP-image tokens, M face tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from cofe_dit.config import DiTConfig
+
+# --------------------------------------------------------------------------------------------------------------
+# Embeddings and norms
+# --------------------------------------------------------------------------------------------------------------
+
+
+def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
+    """Wan's timestep embedding: ``[cos(t w), sin(t w)]`` with ``w_i = 10000^(-i / (dim/2))``, in fp32.
+
+    Args:
+        t: timesteps of any shape, in ``[0, num_train_timesteps]``.
+        dim: embedding width (even).
+
+    Returns:
+        ``(*t.shape, dim)`` fp32.
+    """
+    half = dim // 2
+    exponent = torch.arange(half, device=t.device, dtype=torch.float64) / half
+    freqs = torch.pow(10000.0, -exponent)  # (dim/2,)
+    angles = t.to(torch.float64)[..., None] * freqs  # (*, dim/2)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).float()  # (*, dim)
+
+
+def rope_tables(head_dim: int, split: tuple[int, int, int], max_len: int, theta: float) -> tuple[Tensor, Tensor]:
+    """Per-axis RoPE angle tables (computed in fp64, stored fp32).
+
+    Each axis ``a`` with ``c_a`` channels rotates ``c_a / 2`` pairs at frequencies ``theta^(-2i / c_a)``.
+
+    Returns:
+        ``(cos, sin)``, each ``(max_len, Dh / 2)``; columns ``[0, c_t/2)`` belong to frames, then height, then width.
+    """
+    if sum(split) != head_dim:
+        raise ValueError(f"RoPE split {split} does not sum to the head width {head_dim}")
+    pos = torch.arange(max_len, dtype=torch.float64)
+    angles = []
+    for channels in split:
+        inv = 1.0 / theta ** (torch.arange(0, channels, 2, dtype=torch.float64) / channels)  # (c/2,)
+        angles.append(torch.outer(pos, inv))  # (max_len, c/2)
+    angle = torch.cat(angles, dim=1)  # (max_len, Dh/2)
+    return torch.cos(angle).float(), torch.sin(angle).float()
+
+
+def rope_grid(cos: Tensor, sin: Tensor, split: tuple[int, int, int], grid: tuple[int, int, int]) -> tuple[Tensor, ...]:
+    """Angles for every token of a (frames, height, width) grid, in token order (frame-major).
+
+    Returns:
+        ``(cos, sin)``, each ``(L, Dh / 2)`` fp32.
+    """
+    f, h, w = grid
+    if max(grid) > cos.shape[0]:
+        raise ValueError(f"latent grid {grid} exceeds the RoPE table length {cos.shape[0]} (rope_max_len)")
+    ct, ch, cw = (c // 2 for c in split)
+    out = []
+    for table in (cos, sin):
+        tf, th, tw = table.split([ct, ch, cw], dim=1)
+        table = torch.cat(
+            [
+                tf[:f, None, None, :].expand(f, h, w, ct),  # (F', H', W', ct)
+                th[None, :h, None, :].expand(f, h, w, ch),  # (F', H', W', ch)
+                tw[None, None, :w, :].expand(f, h, w, cw),  # (F', H', W', cw)
+            ],
+            dim=-1,
+        )  # (F', H', W', Dh/2)
+        out.append(table.reshape(f * h * w, -1))  # (L, Dh/2)
+    return tuple(out)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate adjacent channel pairs ``(x[2i], x[2i+1])`` of every head (Wan's complex-number convention), in fp32.
+
+    Args:
+        x: ``(B, L, N, Dh)``.
+        cos, sin: ``(L, Dh / 2)``.
+    """
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, L, N, Dh/2) each
+    cos, sin = cos[:, None, :], sin[:, None, :]  # (L, 1, Dh/2)
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, L, N, Dh/2, 2)
+    return out.flatten(-2).type_as(x)  # (B, L, N, Dh)
+
+
+class RMSNorm(nn.Module):
+    """RMS norm over the last dimension, computed in fp32 and returned in the input dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).type_as(x)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm computed in fp32 and returned in fp32 (callers modulate in fp32 and cast once)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, affine: bool = False):
+        super().__init__()
+        self.eps = eps
+        self.dim = dim
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(dim)) if affine else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight.float() if self.weight is not None else None
+        b = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), (self.dim,), w, b, self.eps)
+
+
+def _attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Multi-head attention with tokens-first layout: ``(B, Lq, N, Dh), (B, Lk, N, Dh) -> (B, Lq, N * Dh)``.
+
+    ``scaled_dot_product_attention`` picks flash / memory-efficient kernels on CUDA.
+    """
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, N, Lq, Dh)
+    return out.transpose(1, 2).flatten(2)  # (B, Lq, D)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Attention
+# --------------------------------------------------------------------------------------------------------------
+
+
+class SelfAttention(nn.Module):
+    """Self-attention over all video tokens with RMS-normalised q, k (over the full width) and 3D RoPE."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+        n = self.num_heads
+        q = self.norm_q(self.q(x)).unflatten(-1, (n, -1))  # (B, L, N, Dh)
+        k = self.norm_k(self.k(x)).unflatten(-1, (n, -1))  # (B, L, N, Dh)
+        v = self.v(x).unflatten(-1, (n, -1))  # (B, L, N, Dh)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # (B, L, N, Dh)
+        return self.o(_attention(q, k, v))  # (B, L, D)
+
+
+class ExtraContextBranch(nn.Module):
+    """Decoupled cross-attention onto extra per-block tokens (face tokens), sharing the text branch's queries.
+
+    Its output projection is zero-initialised (IP-Adapter's decoupled cross-attention, Ye et al. 2023), so the
+    block's output is exactly that of the pretrained model until the branch is trained.
+    """
+
+    def __init__(self, dim: int, context_dim: int, num_heads: int, eps: float = 1e-6):
+        super().__init__()
+        self.num_heads = num_heads
+        self.k = nn.Linear(context_dim, dim)
+        self.v = nn.Linear(context_dim, dim)
+        self.norm_k = RMSNorm(dim, eps)
+        self.o = nn.Linear(dim, dim)
+        nn.init.zeros_(self.o.weight)
+        nn.init.zeros_(self.o.bias)
+
+    def forward(self, q: Tensor, tokens: Tensor) -> Tensor:
+        n = self.num_heads
+        k = self.norm_k(self.k(tokens)).unflatten(-1, (n, -1))  # (B, M, N, Dh)
+        v = self.v(tokens).unflatten(-1, (n, -1))  # (B, M, N, Dh)
+        return self.o(_attention(q, k, v))  # (B, L, D)
+
+
+class CrossAttention(nn.Module):
+    """Text cross-attention; with ``image_dim`` also the Wan 2.1 I2V CLIP-image branch (its k/v summed before
+    the shared output projection); with ``face_dim`` also the zero-initialised extra-context branch."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qk_norm: bool = True,
+        eps: float = 1e-6,
+        image_dim: int | None = None,
+        face_dim: int | None = None,
+    ):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        if image_dim is not None:
+            # Wan 2.1 I2V: image tokens are embedded to width D by `img_emb` before reaching the blocks.
+            self.k_img = nn.Linear(dim, dim)
+            self.v_img = nn.Linear(dim, dim)
+            self.norm_k_img = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.has_image = image_dim is not None
+        self.face = ExtraContextBranch(dim, face_dim, num_heads, eps) if face_dim is not None else None
+
+    def forward(self, x: Tensor, context: Tensor, image: Tensor | None, face: Tensor | None) -> Tensor:
+        n = self.num_heads
+        q = self.norm_q(self.q(x)).unflatten(-1, (n, -1))  # (B, L, N, Dh)
+        k = self.norm_k(self.k(context)).unflatten(-1, (n, -1))  # (B, T, N, Dh)
+        v = self.v(context).unflatten(-1, (n, -1))  # (B, T, N, Dh)
+        out = _attention(q, k, v)  # (B, L, D)
+        if self.has_image:
+            k_img = self.norm_k_img(self.k_img(image)).unflatten(-1, (n, -1))  # (B, I, N, Dh)
+            v_img = self.v_img(image).unflatten(-1, (n, -1))  # (B, I, N, Dh)
+            out = out + _attention(q, k_img, v_img)  # (B, L, D)
+        out = self.o(out)  # (B, L, D)
+        if face is not None:
+            out = out + self.face(q, face)  # (B, L, D)
+        return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Blocks and head
+# --------------------------------------------------------------------------------------------------------------
+
+
+class DiTBlock(nn.Module):
+    """One Wan block: modulated self-attention, (normed) cross-attention, modulated FFN. The FSDP wrap unit."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        d = cfg.dim
+        self.norm1 = LayerNorm(d, cfg.eps)
+        self.self_attn = SelfAttention(d, cfg.num_heads, cfg.qk_norm, cfg.eps)
+        self.norm3 = LayerNorm(d, cfg.eps, affine=True) if cfg.cross_attn_norm else None
+        self.cross_attn = CrossAttention(d, cfg.num_heads, cfg.qk_norm, cfg.eps, cfg.image_dim, cfg.face_dim)
+        self.norm2 = LayerNorm(d, cfg.eps)
+        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
+        # AdaLN table added to the projected timestep: shift, scale, gate (attention), shift, scale, gate (FFN).
+        self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
+
+    def forward(
+        self,
+        x: Tensor,
+        e: Tensor,
+        context: Tensor,
+        rope: tuple[Tensor, Tensor],
+        image: Tensor | None = None,
+        face: Tensor | None = None,
+    ) -> Tensor:
+        """Run the block.
+
+        Args:
+            x: ``(B, L, D)`` fp32 residual stream.
+            e: ``(B, 1 or L, 6, D)`` fp32 projected timestep (per token for Wan 2.2 TI2V).
+            context: ``(B, T, D)`` embedded text.
+            rope: ``(cos, sin)``, each ``(L, Dh / 2)``.
+            image: ``(B, I, D)`` embedded CLIP image tokens (I2V), or None.
+            face: ``(B, M, face_dim)`` extra context tokens for this block, or None.
+        """
+        # Compute dtype of the linears: fp32 under autocast (autocast casts), or the dtype of a bf16 model.
+        dt = self.ffn[0].weight.dtype
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float()[None] + e).unbind(2)  # (B, 1|L, D)
+        h = self.norm1(x) * (1 + scale1) + shift1  # (B, L, D) fp32
+        x = x + self.self_attn(h.to(dt), rope).float() * gate1  # (B, L, D)
+        h = self.norm3(x) if self.norm3 is not None else x  # (B, L, D)
+        face = face.to(dt) if face is not None else None
+        x = x + self.cross_attn(h.to(dt), context.to(dt), image, face).float()  # (B, L, D)
+        h = self.norm2(x) * (1 + scale2) + shift2  # (B, L, D)
+        x = x + self.ffn(h.to(dt)).float() * gate2  # (B, L, D)
+        return x
+
+
+class Head(nn.Module):
+    """Modulated output norm and projection to ``out_dim * prod(patch)`` values per token."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        d = cfg.dim
+        self.norm = LayerNorm(d, cfg.eps)
+        self.head = nn.Linear(d, cfg.out_dim * math.prod(cfg.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, d) / d**0.5)
+
+    def forward(self, x: Tensor, t_emb: Tensor) -> Tensor:
+        shift, scale = (self.modulation.float()[None] + t_emb[:, :, None]).unbind(2)  # (B, 1|L, D)
+        h = self.norm(x) * (1 + scale) + shift  # (B, L, D) fp32
+        return self.head(h.to(self.head.weight.dtype))  # (B, L, C*pt*ph*pw)
+
+
+class ImageEmbedding(nn.Module):
+    """Wan 2.1 I2V projection of CLIP ViT-H/14 tokens: LayerNorm, Linear, GELU, Linear, LayerNorm."""
+
+    def __init__(self, image_dim: int, dim: int):
+        super().__init__()
+        self.proj = nn.Sequential(
+            nn.LayerNorm(image_dim), nn.Linear(image_dim, image_dim), nn.GELU(), nn.Linear(image_dim, dim),
+            nn.LayerNorm(dim),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        ln0, lin1, act, lin3, ln4 = self.proj
+        x = F.layer_norm(x.float(), ln0.normalized_shape, ln0.weight.float(), ln0.bias.float(), ln0.eps)  # (B, I, Ci)
+        x = lin3(act(lin1(x.to(lin1.weight.dtype))))  # (B, I, D)
+        return F.layer_norm(x.float(), ln4.normalized_shape, ln4.weight.float(), ln4.bias.float(), ln4.eps)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------------------
+
+
+class DiT(nn.Module):
+    """Wan-family video DiT predicting the flow-matching velocity of a latent video.
+
+    Example:
+        >>> cfg = DiTConfig.from_name("tiny")
+        >>> model = DiT(cfg)
+        >>> x = torch.randn(1, cfg.in_dim, 3, 8, 8)
+        >>> v = model(x, torch.tensor([500.0]), torch.randn(1, 8, cfg.text_dim))
+        >>> v.shape
+        torch.Size([1, 4, 3, 8, 8])
+    """
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.num_layers))
+        self.head = Head(cfg)
+        self.img_emb = ImageEmbedding(cfg.image_dim, d) if cfg.model_type == "i2v" else None
+        cos, sin = rope_tables(cfg.head_dim, cfg.rope_split, cfg.rope_max_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)  # (rope_max_len, Dh/2)
+        self.register_buffer("rope_sin", sin, persistent=False)  # (rope_max_len, Dh/2)
+        self.gradient_checkpointing = False
+        self.check_inputs = True
+        self.reset_parameters()
+
+    # FSDP / activation-checkpointing unit: wrap each block (e.g. ModuleWrapPolicy({DiTBlock})).
+    block_class = DiTBlock
+
+    def reset_parameters(self) -> None:
+        """Wan's initialisation: Xavier-uniform linears, zero biases, N(0, 0.02) embeddings, zero head."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
+        nn.init.zeros_(self.patch_embedding.bias)
+        for seq in (self.text_embedding, self.time_embedding):
+            for m in seq:
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=0.02)
+        nn.init.zeros_(self.head.head.weight)
+        nn.init.zeros_(self.head.head.bias)
+        for block in self.blocks:
+            if block.cross_attn.face is not None:
+                nn.init.zeros_(block.cross_attn.face.o.weight)
+                nn.init.zeros_(block.cross_attn.face.o.bias)
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> DiT:
+        """Recompute each block's activations in the backward pass (trades ~30% compute for memory)."""
+        self.gradient_checkpointing = enabled
+        return self
+
+    def face_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the extra-context (face) branches."""
+        return [p for b in self.blocks if b.cross_attn.face is not None for p in b.cross_attn.face.parameters()]
+
+    # ----------------------------------------------------------------------------------------------------------
+
+    def patchify(self, x: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
+        """``(B, C_in, F, H, W) -> (B, L, D)`` tokens and the token grid ``(F', H', W')``."""
+        x = self.patch_embedding(x)  # (B, D, F', H', W')
+        grid = tuple(x.shape[2:])
+        return x.flatten(2).transpose(1, 2), grid  # (B, L, D)
+
+    def unpatchify(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:
+        """``(B, L, C * pt * ph * pw) -> (B, C, F, H, W)``."""
+        f, h, w = grid
+        pt, ph, pw = self.cfg.patch_size
+        x = x.reshape(x.shape[0], f, h, w, pt, ph, pw, -1)  # (B, F', H', W', pt, ph, pw, C)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, F', pt, H', ph, W', pw)
+        return x.reshape(x.shape[0], x.shape[1], f * pt, h * ph, w * pw)  # (B, C, F, H, W)
+
+    def embed_time(self, timestep: Tensor, num_tokens: int) -> tuple[Tensor, Tensor]:
+        """Sinusoid -> MLP (fp32, outside autocast) -> AdaLN projection.
+
+        Returns:
+            ``t_emb (B, 1|L, D)`` for the head and ``e (B, 1|L, 6, D)`` for the blocks.
+        """
+        t = timestep if timestep.ndim == 2 else timestep[:, None]  # (B, 1|L)
+        with torch.autocast(device_type=t.device.type, enabled=False):
+            t_emb = self.time_embedding(sinusoidal_embedding(t, self.cfg.freq_dim).to(self.time_embedding[0].weight))
+            e = self.time_projection(t_emb).unflatten(-1, (6, self.cfg.dim))  # (B, 1|L, 6, D)
+        return t_emb.float(), e.float()
+
+    def forward(
+        self,
+        x: Tensor,
+        timestep: Tensor,
+        context: Tensor,
+        *,
+        cond: Tensor | None = None,
+        clip_tokens: Tensor | None = None,
+        face_tokens: Sequence[Tensor | None] | None = None,
+    ) -> Tensor:
+        """Predict the flow-matching velocity.
+
+        Args:
+            x: ``(B, C, F, H, W)`` noisy latent video, ``C = out_dim``.
+            timestep: ``(B,)`` or, for per-token timesteps (Wan 2.2 TI2V), ``(B, L)``; ``sigma * 1000``.
+            context: ``(B, T, text_dim)`` text-encoder tokens (Wan pads umT5 tokens with zeros to 512).
+            cond: ``(B, in_dim - out_dim, F, H, W)`` for ``i2v``: 4 mask channels + first-frame latent video.
+            clip_tokens: ``(B, I, image_dim)`` CLIP image tokens for ``i2v``.
+            face_tokens: one entry per block, each ``(B, M, face_dim)`` or None; needs ``face_dim`` in the config.
+
+        Returns:
+            ``(B, out_dim, F, H, W)`` velocity, in the dtype of ``x`` (fp32 under autocast).
+        """
+        if self.check_inputs:
+            self._check_inputs(x, timestep, context, cond, clip_tokens, face_tokens)
+        if cond is not None:
+            x = torch.cat([x, cond.to(x.dtype)], dim=1)  # (B, C_in, F, H, W)
+        tokens, grid = self.patchify(x.to(self.patch_embedding.weight.dtype))  # (B, L, D)
+        tokens = tokens.float()  # fp32 residual stream (Wan keeps it fp32 via its fp32 modulation)
+        rope = rope_grid(self.rope_cos, self.rope_sin, self.cfg.rope_split, grid)  # 2 x (L, Dh/2)
+        t_emb, e = self.embed_time(timestep, tokens.shape[1])  # (B, 1|L, D), (B, 1|L, 6, D)
+        ctx = self.text_embedding(context.to(self.text_embedding[0].weight.dtype))  # (B, T, D)
+        image = self.img_emb(clip_tokens) if self.img_emb is not None else None  # (B, I, D)
+        if image is not None:
+            image = image.to(self.text_embedding[0].weight.dtype)
+        faces = list(face_tokens) if face_tokens is not None else [None] * len(self.blocks)
+        for block, face in zip(self.blocks, faces, strict=True):
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                tokens = checkpoint(block, tokens, e, ctx, rope, image, face, use_reentrant=False)
+            else:
+                tokens = block(tokens, e, ctx, rope, image, face)  # (B, L, D)
+        out = self.head(tokens, t_emb)  # (B, L, C*pt*ph*pw)
+        return self.unpatchify(out.float(), grid).to(x.dtype)  # (B, C, F, H, W)
+
+    def _check_inputs(self, x, timestep, context, cond, clip_tokens, face_tokens) -> None:  # noqa: C901
+        cfg = self.cfg
+        if x.ndim != 5:
+            raise ValueError(f"x must be (B, C, F, H, W), got shape {tuple(x.shape)}")
+        b, c, f, h, w = x.shape
+        if c != cfg.out_dim:
+            raise ValueError(
+                f"x has {c} channels; the {cfg.name!r} model expects {cfg.out_dim} latent channels"
+                + (f" (plus {cfg.cond_channels} in `cond`)" if cfg.model_type == "i2v" else "")
+            )
+        for size, p, axis in zip((f, h, w), cfg.patch_size, ("frame count", "height", "width"), strict=True):
+            if size % p:
+                raise ValueError(f"latent {axis} {size} is not divisible by the patch size {p} (x shape {tuple(x.shape)})")
+        if cfg.model_type == "i2v":
+            expected = (b, cfg.cond_channels, f, h, w)
+            if cond is None or tuple(cond.shape) != expected:
+                got = None if cond is None else tuple(cond.shape)
+                raise ValueError(f"i2v needs cond (mask + first-frame latent) of shape {expected}, got {got}")
+            if clip_tokens is None or clip_tokens.ndim != 3 or clip_tokens.shape[-1] != cfg.image_dim:
+                got = None if clip_tokens is None else tuple(clip_tokens.shape)
+                raise ValueError(f"i2v needs clip_tokens of shape (B, I, {cfg.image_dim}), got {got}")
+        elif cond is not None or clip_tokens is not None:
+            raise ValueError(f"cond / clip_tokens are for i2v models; this one is {cfg.model_type!r}")
+        if context.ndim != 3 or context.shape[0] != b or context.shape[-1] != cfg.text_dim:
+            raise ValueError(f"context must be ({b}, T, {cfg.text_dim}), got {tuple(context.shape)}")
+        n_tok = cfg.num_tokens(f, h, w)
+        if timestep.shape not in ((b,), (b, n_tok)):
+            raise ValueError(f"timestep must have shape ({b},) or ({b}, {n_tok}), got {tuple(timestep.shape)}")
+        if face_tokens is not None:
+            if cfg.face_dim is None:
+                raise ValueError("face_tokens given but this model has no face branch (set DiTConfig.face_dim)")
+            if len(face_tokens) != cfg.num_layers:
+                raise ValueError(f"face_tokens needs one entry per block ({cfg.num_layers}), got {len(face_tokens)}")
+            for i, ft in enumerate(face_tokens):
+                if ft is not None and (ft.ndim != 3 or ft.shape[0] != b or ft.shape[-1] != cfg.face_dim):
+                    raise ValueError(f"face_tokens[{i}] must be ({b}, M, {cfg.face_dim}), got {tuple(ft.shape)}")
+        named = {"x": x, "timestep": timestep, "context": context, "cond": cond, "clip_tokens": clip_tokens}
+        for i, ft in enumerate(face_tokens or []):
+            named[f"face_tokens[{i}]"] = ft
+        for name, t in named.items():
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} contains NaN or Inf values (shape {tuple(t.shape)})")
