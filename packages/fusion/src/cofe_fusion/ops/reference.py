@@ -41,8 +41,11 @@ _COMPILED = None
 
 
 def compiled_expert_gate_reference(logits: Tensor, experts: Tensor) -> Tensor:
-    """``torch.compile`` of :func:`expert_gate_reference` (built on first use; 15-30 s cold on CPU)."""
+    """``torch.compile`` of :func:`expert_gate_reference` (built on first use; several seconds cold on CPU)."""
     global _COMPILED
     if _COMPILED is None:
-        _COMPILED = torch.compile(expert_gate_reference, fullgraph=True)
+        # dynamic=True: one graph per (rank, dtype, requires_grad, size-1 dims) pattern instead of one per shape.
+        # No fullgraph=True: past dynamo's recompile limit (8 per function) it then falls back to eager instead of
+        # raising.
+        _COMPILED = torch.compile(expert_gate_reference, dynamic=True)
     return _COMPILED(logits, experts)
