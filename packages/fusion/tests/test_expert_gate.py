@@ -6,6 +6,8 @@ with ``TRITON_INTERPRET=1`` (the variable must be set before triton is imported)
 
 import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -164,3 +166,11 @@ def test_bad_dtypes_and_devices():
         expert_gate([0.0, 0.0, 0.0], torch.zeros(3, 4))
     with pytest.raises(ValueError, match=r"are on cpu but experts \(2, 3, 4\) are on meta"):
         expert_gate(torch.zeros(2, 3), torch.zeros(2, 3, 4, device="meta"))
+
+
+@pytest.mark.slow
+def test_importing_the_package_does_not_import_triton():
+    """TRITON_INTERPRET only works if set before triton's import, so `import cofe_fusion` must not import it."""
+    code = "import sys, cofe_fusion; assert 'triton' not in sys.modules, 'triton imported'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
