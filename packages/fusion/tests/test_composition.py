@@ -89,8 +89,8 @@ def test_training_a_few_steps_makes_the_face_tokens_matter():
     with torch.no_grad():
         with_face = dit(x, t, ctx, face_tokens=cofe(feats).tokens)
         without = dit(x, t, ctx)
-        other_face = dit(x, t, ctx, face_tokens=cofe({k: ExpertFeatures(v.tokens.flip(0), v.pooled.flip(0))
-                                                        for k, v in feats.items()}).tokens)  # fmt: skip
+        swapped = {k: ExpertFeatures(v.tokens.flip(0), v.pooled.flip(0)) for k, v in feats.items()}  # other faces
+        other_face = dit(x, t, ctx, face_tokens=cofe(swapped).tokens)
     assert (with_face - without).abs().max() > 1e-4  # the face branch now changes the output
     assert (with_face - other_face).abs().max() > 1e-6  # and which face it sees matters
     changed = [n for n, p in cofe.named_parameters() if not torch.equal(p, before[n])]

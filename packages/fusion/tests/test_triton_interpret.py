@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 CASES = Path(__file__).with_name("triton_kernel_cases.py")
 ROOT = Path(__file__).resolve().parents[3]
@@ -28,3 +29,12 @@ def test_triton_kernels_under_interpreter():
     summary = re.search(r"(\d+) passed", proc.stdout)
     assert summary and int(summary.group(1)) >= 20, f"too few kernel cases ran:\n{report}"
     assert "skipped" not in proc.stdout.splitlines()[-1], f"kernel cases were skipped:\n{report}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_triton_kernels_compiled_on_gpu():
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "COFE_FUSION_BACKEND")}
+    cmd = [sys.executable, "-m", "pytest", str(CASES), "-q", "-rfEs", "-p", "no:cacheprovider"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=560)
+    assert proc.returncode == 0, f"Triton kernel cases failed on the GPU:\n{proc.stdout[-6000:]}{proc.stderr[-2000:]}"

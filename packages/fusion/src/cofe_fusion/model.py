@@ -352,8 +352,8 @@ class CoFE(nn.Module):
             b = experts.shape[0]
             if context is None or tuple(context.shape) != (b, cfg.gate_context_dim):
                 got = None if context is None else tuple(context.shape)
-                raise ValueError(f"CoFE: gate_context_dim is set, so context must be ({b}, {cfg.gate_context_dim})"
-                                 f", got {got}")  # fmt: skip
+                expected = (b, cfg.gate_context_dim)
+                raise ValueError(f"CoFE: gate_context_dim is set, so context must be {expected}, got {got}")
             if cfg.gate_mode == "token":
                 context = context[:, None].expand(-1, h.shape[1], -1)  # (B, M, Cx)
             h = torch.cat([h, context.to(h.dtype)], dim=-1)  # (B, [M,] E*D + Cx)
