@@ -115,6 +115,9 @@ def test_features_as_sequence_bare_tensors_and_fallbacks():
     proj = ExpertProjector(ExpertSpec("identity", 16, "mlp"), cfg)
     tokens = torch.randn(B, 3, 16)
     torch.testing.assert_close(proj(ExpertFeatures(tokens=tokens)), proj(ExpertFeatures(pooled=tokens.mean(1))))
+    # Only the input a projector reads is checked: CLIP-like experts have pooled vectors of another width.
+    semantic = ExpertFeatures(tokens=torch.randn(B, 5, 24), pooled=torch.randn(B, 7))
+    assert cofe({**feats, "semantic": semantic}).tokens[0].shape == (B, cfg.num_tokens, cfg.dim)
 
 
 def test_projector_variants_shapes():
@@ -150,9 +153,15 @@ def test_input_errors_name_the_expert_and_shapes():
     feats = tiny_features(cfg)
     with pytest.raises(ValueError, match=r"expects features for experts \['identity', 'semantic', 'detail'\]"):
         cofe({k: v for k, v in feats.items() if k != "detail"})
-    with pytest.raises(ValueError, match=r"expert 'semantic': tokens must be \(B, L>0, 24\), got \(2, 5, 23\)"):
+    with pytest.raises(
+        ValueError, match=r"'semantic': its perceiver projector reads tokens \(B, L>0, C\) with C=24, got \(2, 5, 23\)"
+    ):
         cofe({**feats, "semantic": ExpertFeatures(tokens=torch.randn(B, 5, 23))})
-    with pytest.raises(ValueError, match=r"expert 'identity': pooled must be \(B, 16\), got \(2, 3, 16\)"):
+    with pytest.raises(
+        ValueError, match=r"'identity': its mlp projector reads pooled \(B, C\) with C=16, got \(2, 15\)"
+    ):
+        cofe({**feats, "identity": ExpertFeatures(pooled=torch.randn(B, 15))})
+    with pytest.raises(ValueError, match=r"expert 'identity': pooled must be \(B, C\), got \(2, 3, 16\)"):
         cofe({**feats, "identity": ExpertFeatures(pooled=torch.randn(B, 3, 16))})
     with pytest.raises(ValueError, match=r"neither \.tokens"):
         cofe({**feats, "detail": ExpertFeatures()})

@@ -197,39 +197,41 @@ class ExpertProjector(nn.Module):
         """Project one expert's output.
 
         Args:
-            features: an object with ``.tokens (B, L, C_k)`` and/or ``.pooled (B, C_k)`` (e.g. ``ExpertFeatures``),
-                or a bare tensor (3-D: tokens, 2-D: pooled). The perceiver uses the tokens (the pooled vector as
-                a single token when there are none); the MLP uses the pooled vector (the token mean when there is
-                none).
+            features: an object with ``.tokens (B, L, C_k)`` and/or ``.pooled (B, C_k)`` (e.g. ``ExpertFeatures`` or
+                ``cofe_encoders.ExpertOutput``), or a bare tensor (3-D: tokens, 2-D: pooled). The perceiver uses the
+                tokens (the pooled vector as a single token when there are none); the MLP uses the pooled vector
+                (the token mean when there is none). Only the input used must have width ``C_k``: experts whose
+                pooled vector has another width than their tokens (CLIP's projected embedding) are fine.
 
         Returns:
             ``(B, M, D)``.
         """
-        tokens, pooled = _split_features(features, self.spec)
+        tokens, pooled = _read_features(features, self.spec)
         if self.kind == "perceiver":
             x = tokens if tokens is not None else pooled[:, None]  # (B, L, C_k)
         else:
             x = pooled if pooled is not None else tokens.mean(dim=1)  # (B, C_k)
+        if x.shape[-1] != self.spec.width or x.shape[1] == 0:
+            used = "pooled (B, C)" if x.ndim == 2 else "tokens (B, L>0, C)"
+            raise ValueError(
+                f"expert {self.spec.name!r}: its {self.kind} projector reads {used} with C={self.spec.width}, got "
+                f"{tuple(x.shape)}"
+            )
         return self.net(x)  # (B, M, D)
 
 
-def _split_features(features: Any, spec: ExpertSpec) -> tuple[Tensor | None, Tensor | None]:
-    """Read ``(tokens, pooled)`` from an expert output and check their shapes against the spec."""
+def _read_features(features: Any, spec: ExpertSpec) -> tuple[Tensor | None, Tensor | None]:
+    """Read ``(tokens, pooled)`` from an expert output and check their ranks."""
     if isinstance(features, Tensor):
         tokens, pooled = (features, None) if features.ndim == 3 else (None, features)
     else:
         tokens, pooled = getattr(features, "tokens", None), getattr(features, "pooled", None)
     if tokens is None and pooled is None:
         raise ValueError(f"expert {spec.name!r}: features have neither .tokens (B, L, C) nor .pooled (B, C)")
-    c = spec.width
-    if tokens is not None and (tokens.ndim != 3 or tokens.shape[-1] != c or tokens.shape[1] == 0):
-        raise ValueError(f"expert {spec.name!r}: tokens must be (B, L>0, {c}), got {tuple(tokens.shape)}")
-    if pooled is not None and (pooled.ndim != 2 or pooled.shape[-1] != c):
-        raise ValueError(f"expert {spec.name!r}: pooled must be (B, {c}), got {tuple(pooled.shape)}")
-    if tokens is not None and pooled is not None and tokens.shape[0] != pooled.shape[0]:
-        raise ValueError(
-            f"expert {spec.name!r}: tokens {tuple(tokens.shape)} and pooled {tuple(pooled.shape)} differ in batch"
-        )
+    if tokens is not None and tokens.ndim != 3:
+        raise ValueError(f"expert {spec.name!r}: tokens must be (B, L, C), got {tuple(tokens.shape)}")
+    if pooled is not None and pooled.ndim != 2:
+        raise ValueError(f"expert {spec.name!r}: pooled must be (B, C), got {tuple(pooled.shape)}")
     return tokens, pooled
 
 
