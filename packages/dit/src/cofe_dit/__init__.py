@@ -14,7 +14,7 @@ from cofe_dit.checkpoint import CheckpointError, LoadReport, from_pretrained, lo
 from cofe_dit.config import PRESETS, DiTConfig
 from cofe_dit.flow import FlowMatching, add_noise, first_frame_mask, i2v_condition, per_token_timesteps, shift_sigmas
 from cofe_dit.model import DiT, DiTBlock
-from cofe_dit.sampling import SamplerConfig, sample, sigma_schedule
+from cofe_dit.sampling import GuidedVelocity, SamplerConfig, sample, sigma_schedule, solve
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ __all__ = [
     "DiTBlock",
     "DiTConfig",
     "FlowMatching",
+    "GuidedVelocity",
     "LoadReport",
     "SamplerConfig",
     "add_noise",
@@ -38,4 +39,5 @@ __all__ = [
     "save",
     "shift_sigmas",
     "sigma_schedule",
+    "solve",
 ]

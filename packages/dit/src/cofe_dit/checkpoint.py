@@ -142,7 +142,7 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dic
         if file.suffix == ".safetensors":
             try:
                 with safe_open(str(file), framework="pt", device=str(device)) as f:
-                    part = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+                    part = {k: f.get_tensor(k) for k in f.keys()}
             except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
                 raise CheckpointError(f"cannot read {file}: {exc}") from exc
         else:
@@ -208,8 +208,9 @@ def load_into(model: DiT, path: str | Path, *, strict: bool = True) -> LoadRepor
     state = to_wan_layout(raw) if layout == "diffusers" else raw
     report = compare(model, state, source=str(path), layout=layout)
     if strict and not report.ok:
+        first, *rest = report.summary().split("\n")
         hint = _preset_hint(state, model.cfg)
-        raise CheckpointError(report.summary() + (f"\n  {hint}" if hint else ""))
+        raise CheckpointError("\n".join([first, *([f"  {hint}"] if hint else []), *rest]))
     own = model.state_dict()
     good = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     with torch.no_grad():
@@ -254,9 +255,19 @@ def infer_config(state: Mapping[str, Tensor], num_heads: int | None = None, **ov
     if heads is None:
         raise CheckpointError(f"cannot infer the head count for width {dim}; pass num_heads")
     cfg = dict(
-        model_type=model_type, dim=dim, ffn_dim=ffn_dim, num_heads=heads, num_layers=layers, in_dim=in_dim,
-        out_dim=out_dim, text_dim=text_dim, freq_dim=freq_dim, patch_size=patch, image_dim=image_dim,
-        face_dim=face_dim, cross_attn_norm="blocks.0.norm3.weight" in state,
+        model_type=model_type,
+        dim=dim,
+        ffn_dim=ffn_dim,
+        num_heads=heads,
+        num_layers=layers,
+        in_dim=in_dim,
+        out_dim=out_dim,
+        text_dim=text_dim,
+        freq_dim=freq_dim,
+        patch_size=patch,
+        image_dim=image_dim,
+        face_dim=face_dim,
+        cross_attn_norm="blocks.0.norm3.weight" in state,
     )
     cfg.update(overrides)
     return DiTConfig(**cfg)
@@ -269,26 +280,61 @@ def config_from_diffusers(config: Mapping) -> DiTConfig:
     image_dim = config.get("image_dim")
     model_type = "i2v" if image_dim else ("ti2v" if in_dim == 48 else "t2v")
     return DiTConfig(
-        name="diffusers", model_type=model_type, dim=heads * head_dim, ffn_dim=config["ffn_dim"], num_heads=heads,
-        num_layers=config["num_layers"], in_dim=in_dim, out_dim=out_dim, text_dim=config.get("text_dim", 4096),
-        freq_dim=config.get("freq_dim", 256), patch_size=tuple(config.get("patch_size", (1, 2, 2))),
-        eps=config.get("eps", 1e-6), cross_attn_norm=config.get("cross_attn_norm", True), image_dim=image_dim,
+        name="diffusers",
+        model_type=model_type,
+        dim=heads * head_dim,
+        ffn_dim=config["ffn_dim"],
+        num_heads=heads,
+        num_layers=config["num_layers"],
+        in_dim=in_dim,
+        out_dim=out_dim,
+        text_dim=config.get("text_dim", 4096),
+        freq_dim=config.get("freq_dim", 256),
+        patch_size=tuple(config.get("patch_size", (1, 2, 2))),
+        eps=config.get("eps", 1e-6),
+        cross_attn_norm=config.get("cross_attn_norm", True),
+        image_dim=image_dim,
         rope_max_len=config.get("rope_max_seq_len", 1024),
     )
+
+
+def config_from_wan(config: Mapping) -> DiTConfig:
+    """A ``DiTConfig`` from a ``config.json`` of ours or of the original Wan repositories (``_class_name: WanModel``).
+
+    Wan's files omit the CLIP width of I2V models (always 1280, ViT-H/14) and carry keys we do not model
+    (``window_size``: every released model uses global attention, ``(-1, -1)``).
+    """
+    known = {f for f in DiTConfig.__dataclass_fields__}
+    data = {k: v for k, v in config.items() if k in known}
+    window = tuple(config.get("window_size", (-1, -1)))
+    if window != (-1, -1):
+        raise CheckpointError(
+            f"window_size={window}: local attention is not supported (released Wan models use global)"
+        )
+    if config.get("model_type") not in (None, "t2v", "i2v", "ti2v"):
+        raise CheckpointError(f"model_type={config.get('model_type')!r} is not supported (t2v, i2v, ti2v)")
+    if data.get("model_type") == "i2v" and data.get("image_dim") is None:
+        data["image_dim"] = 1280
+    data.setdefault("name", "wan")
+    return DiTConfig.from_dict(data)
 
 
 def _preset_hint(state: Mapping[str, Tensor], cfg: DiTConfig) -> str:
     """Say what architecture the checkpoint is, when it is not the model's."""
     try:
-        found = infer_config(state)
-    except CheckpointError:
+        found = infer_config(state, num_heads=1)  # the head count is not in the shapes and not needed here
+    except (CheckpointError, ValueError):
         return ""
     keys = ("model_type", "dim", "num_layers", "ffn_dim", "in_dim", "out_dim", "text_dim", "image_dim")
-    diffs = [f"{k}={getattr(found, k)} (model: {getattr(cfg, k)})" for k in keys if getattr(found, k) != getattr(cfg, k)]
+    diffs = [
+        f"{k}={getattr(found, k)} (model: {getattr(cfg, k)})" for k in keys if getattr(found, k) != getattr(cfg, k)
+    ]
     return ("the checkpoint is a different architecture: " + ", ".join(diffs)) if diffs else ""
 
 
-def from_pretrained(path: str | Path, config: DiTConfig | str | None = None, *, strict: bool = True, **overrides) -> DiT:
+def from_pretrained(
+    path: str | Path, config: DiTConfig | str | None = None, *, strict: bool = True, **overrides
+) -> DiT:
     """Build a DiT for a checkpoint and load it.
 
     The config comes from ``config`` (a ``DiTConfig`` or preset name), else from a ``config.json`` beside the
@@ -308,7 +354,7 @@ def from_pretrained(path: str | Path, config: DiTConfig | str | None = None, *, 
             if "num_attention_heads" in data:
                 cfg = config_from_diffusers(data)
             elif "dim" in data and "num_layers" in data:
-                cfg = DiTConfig.from_dict({k: v for k, v in data.items() if not k.startswith("_")})
+                cfg = config_from_wan(data)
         if cfg is None:
             raw = _strip_prefix(read_state_dict(path))
             cfg = infer_config(to_wan_layout(raw) if detect_layout(raw) == "diffusers" else raw)
@@ -319,7 +365,9 @@ def from_pretrained(path: str | Path, config: DiTConfig | str | None = None, *, 
     return model
 
 
-def save(model: DiT, folder: str | Path, *, max_shard_bytes: int = 5 * 2**30, only: Iterable[str] | None = None) -> Path:
+def save(
+    model: DiT, folder: str | Path, *, max_shard_bytes: int = 5 * 2**30, only: Iterable[str] | None = None
+) -> Path:
     """Save in the Wan layout as safetensors (sharded with an index past ``max_shard_bytes``) plus ``config.json``.
 
     Args:
@@ -356,8 +404,10 @@ def save(model: DiT, folder: str | Path, *, max_shard_bytes: int = 5 * 2**30, on
             fname = f"{name}-{i:05d}-of-{len(shards):05d}.safetensors"
             _atomic_save(shard, folder / fname, meta)
             weight_map.update(dict.fromkeys(shard, fname))
-        index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
-                 "weight_map": weight_map}
+        index = {
+            "metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
+            "weight_map": weight_map,
+        }
         (folder / f"{name}.safetensors.index.json").write_text(json.dumps(index, indent=2))
     cfg = model.cfg.to_dict()
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))

@@ -318,7 +318,10 @@ class ImageEmbedding(nn.Module):
     def __init__(self, image_dim: int, dim: int):
         super().__init__()
         self.proj = nn.Sequential(
-            nn.LayerNorm(image_dim), nn.Linear(image_dim, image_dim), nn.GELU(), nn.Linear(image_dim, dim),
+            nn.LayerNorm(image_dim),
+            nn.Linear(image_dim, image_dim),
+            nn.GELU(),
+            nn.Linear(image_dim, dim),
             nn.LayerNorm(dim),
         )
 
@@ -467,7 +470,7 @@ class DiT(nn.Module):
         out = self.head(tokens, t_emb)  # (B, L, C*pt*ph*pw)
         return self.unpatchify(out.float(), grid).to(x.dtype)  # (B, C, F, H, W)
 
-    def _check_inputs(self, x, timestep, context, cond, clip_tokens, face_tokens) -> None:  # noqa: C901
+    def _check_inputs(self, x, timestep, context, cond, clip_tokens, face_tokens) -> None:
         cfg = self.cfg
         if x.ndim != 5:
             raise ValueError(f"x must be (B, C, F, H, W), got shape {tuple(x.shape)}")
@@ -479,7 +482,9 @@ class DiT(nn.Module):
             )
         for size, p, axis in zip((f, h, w), cfg.patch_size, ("frame count", "height", "width"), strict=True):
             if size % p:
-                raise ValueError(f"latent {axis} {size} is not divisible by the patch size {p} (x shape {tuple(x.shape)})")
+                raise ValueError(
+                    f"latent {axis} {size} is not divisible by the patch size {p} (x shape {tuple(x.shape)})"
+                )
         if cfg.model_type == "i2v":
             expected = (b, cfg.cond_channels, f, h, w)
             if cond is None or tuple(cond.shape) != expected:

@@ -157,28 +157,61 @@ def sample(
             raise ValueError(f"first_frame {tuple(first_frame.shape)} does not fit latent shape {tuple(shape)}")
         first_frame = first_frame.to(x)
     velocity = GuidedVelocity(
-        model, context, negative_context=negative_context, face_tokens=face_tokens, cond=cond,
-        clip_tokens=clip_tokens, text_scale=config.text_scale, face_scale=config.face_scale, first_frame=first_frame,
+        model,
+        context,
+        negative_context=negative_context,
+        face_tokens=face_tokens,
+        cond=cond,
+        clip_tokens=clip_tokens,
+        text_scale=config.text_scale,
+        face_scale=config.face_scale,
+        first_frame=first_frame,
     )
     sigmas = sigma_schedule(config.steps, config.shift).tolist()
 
     def clamp(z: Tensor) -> Tensor:
-        if first_frame is not None:
-            z = z.clone()
-            z[:, :, : first_frame.shape[2]] = first_frame
+        if first_frame is None:
+            return z
+        z = z.clone()
+        z[:, :, : first_frame.shape[2]] = first_frame
         return z
 
-    x = clamp(x)
+    return solve(velocity, x, sigmas, config.solver, project=clamp, callback=callback)
+
+
+def solve(
+    velocity: Callable[[Tensor, float], Tensor],
+    x: Tensor,
+    sigmas: Sequence[float],
+    solver: str = "dpmpp_2m",
+    *,
+    project: Callable[[Tensor], Tensor] | None = None,
+    callback: Callable[[int, Tensor], None] | None = None,
+) -> Tensor:
+    """Integrate the flow ODE ``dx/dsigma = v(x, sigma)`` from ``sigmas[0]`` down to ``sigmas[-1]``.
+
+    Args:
+        velocity: ``(x, sigma) -> v``.
+        x: the start (noise at ``sigmas[0] = 1``).
+        sigmas: decreasing noise levels.
+        solver: ``euler`` or ``dpmpp_2m``.
+        project: applied after every step (e.g. re-impose a given first frame).
+        callback: ``callback(step, x)`` after every step.
+    """
+    if solver not in ("euler", "dpmpp_2m"):
+        raise ValueError(f"unknown solver {solver!r}; choose 'euler' or 'dpmpp_2m'")
+    project = project or (lambda z: z)
+    x = project(x)
     prev_x0: Tensor | None = None
-    for i in range(config.steps):
+    for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
         v = velocity(x, s)
-        if config.solver == "euler":
+        if solver == "euler":
             x = x + (s_next - s) * v
         else:
             x0 = x - s * v  # data prediction
             x, prev_x0 = _dpmpp_2m_step(x, x0, prev_x0, sigmas, i), x0
-        x = clamp(x)
+        x = project(x)
         if callback is not None:
             callback(i, x)
     return x
