@@ -202,7 +202,7 @@ def test_bf16_autocast_keeps_fp32_numerics_and_is_close():
     x, t, ctx = _inputs(cfg)
     seen = {}
     model.blocks[0].norm1.register_forward_hook(lambda m, i, o: seen.update(norm=o.dtype))
-    model.blocks[0].self_attn.q.register_forward_hook(lambda m, i, o: seen.update(linear=o.dtype))
+    model.blocks[0].cross_attn.q.register_forward_hook(lambda m, i, o: seen.update(linear=o.dtype))
     with torch.no_grad():
         ref = model(x, t, ctx)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -212,13 +212,17 @@ def test_bf16_autocast_keeps_fp32_numerics_and_is_close():
     assert (out - ref).abs().max() < 0.05 * ref.abs().max() + 1e-3
 
 
-def test_pure_bf16_model_runs():
+def test_pure_bf16_model_runs_with_fp32_rope():
     cfg = DiTConfig.from_name("tiny")
-    model = _nonzero_head(DiT(cfg)).to(torch.bfloat16).eval()
+    model = _nonzero_head(DiT(cfg))
     x, t, ctx = _inputs(cfg)
     with torch.no_grad():
+        ref = model(x, t, ctx)
+        model = model.to(torch.bfloat16).eval()
         out = model(x.bfloat16(), t, ctx.bfloat16())
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert all(table.dtype == torch.float32 for table in model.rope_tables(x.device))
+    assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
 
 
 def test_fsdp2_wraps_every_block(tmp_path):

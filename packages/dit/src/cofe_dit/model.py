@@ -105,10 +105,10 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         x: ``(B, L, N, Dh)``.
         cos, sin: ``(L, Dh / 2)``.
     """
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, L, N, Dh/2) each
-    cos, sin = cos[:, None, :], sin[:, None, :]  # (L, 1, Dh/2)
-    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, L, N, Dh/2, 2)
-    return out.flatten(-2).type_as(x)  # (B, L, N, Dh)
+    # As one complex product: half the time of the real-pair formulation, forward and backward, on CPU.
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, L, N, Dh/2) complex
+    rot = torch.complex(cos.float(), sin.float())[:, None, :]  # (L, 1, Dh/2)
+    return torch.view_as_real(xc * rot).flatten(-2).type_as(x)  # (B, L, N, Dh)
 
 
 class RMSNorm(nn.Module):
@@ -168,9 +168,13 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
         n = self.num_heads
-        q = self.norm_q(self.q(x)).unflatten(-1, (n, -1))  # (B, L, N, Dh)
-        k = self.norm_k(self.k(x)).unflatten(-1, (n, -1))  # (B, L, N, Dh)
-        v = self.v(x).unflatten(-1, (n, -1))  # (B, L, N, Dh)
+        # One GEMM for q, k and v (the parameters stay separate, as in Wan's checkpoints).
+        weight = torch.cat([self.q.weight, self.k.weight, self.v.weight])  # (3D, D)
+        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])  # (3D,)
+        q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)  # 3 x (B, L, D)
+        q = self.norm_q(q).unflatten(-1, (n, -1))  # (B, L, N, Dh)
+        k = self.norm_k(k).unflatten(-1, (n, -1))  # (B, L, N, Dh)
+        v = v.unflatten(-1, (n, -1))  # (B, L, N, Dh)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # (B, L, N, Dh)
         return self.o(_attention(q, k, v))  # (B, L, D)
 
@@ -360,9 +364,8 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
         self.img_emb = ImageEmbedding(cfg.image_dim, d) if cfg.model_type == "i2v" else None
-        cos, sin = rope_tables(cfg.head_dim, cfg.rope_split, cfg.rope_max_len, cfg.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)  # (rope_max_len, Dh/2)
-        self.register_buffer("rope_sin", sin, persistent=False)  # (rope_max_len, Dh/2)
+        # RoPE tables stay fp32 whatever the model dtype: kept out of the buffers that `.to(dtype)` casts.
+        self._rope_cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self.gradient_checkpointing = False
         self.check_inputs = True
         self.reset_parameters()
@@ -389,6 +392,14 @@ class DiT(nn.Module):
                 nn.init.zeros_(block.cross_attn.face.o.weight)
                 nn.init.zeros_(block.cross_attn.face.o.bias)
 
+    def rope_tables(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """fp32 ``(cos, sin)`` tables, each ``(rope_max_len, Dh / 2)``, built once per device."""
+        if device not in self._rope_cache:
+            cfg = self.cfg
+            cos, sin = rope_tables(cfg.head_dim, cfg.rope_split, cfg.rope_max_len, cfg.rope_theta)
+            self._rope_cache[device] = (cos.to(device), sin.to(device))
+        return self._rope_cache[device]
+
     def enable_gradient_checkpointing(self, enabled: bool = True) -> DiT:
         """Recompute each block's activations in the backward pass (trades ~30% compute for memory)."""
         self.gradient_checkpointing = enabled
@@ -404,7 +415,9 @@ class DiT(nn.Module):
         """``(B, C_in, F, H, W) -> (B, L, D)`` tokens and the token grid ``(F', H', W')``."""
         x = self.patch_embedding(x)  # (B, D, F', H', W')
         grid = tuple(x.shape[2:])
-        return x.flatten(2).transpose(1, 2), grid  # (B, L, D)
+        # Contiguous: a transposed view would carry its strided layout through every elementwise op of the
+        # residual stream (measured ~7% of a CPU training step).
+        return x.flatten(2).transpose(1, 2).contiguous(), grid  # (B, L, D)
 
     def unpatchify(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:
         """``(B, L, C * pt * ph * pw) -> (B, C, F, H, W)``."""
@@ -455,7 +468,7 @@ class DiT(nn.Module):
             x = torch.cat([x, cond.to(x.dtype)], dim=1)  # (B, C_in, F, H, W)
         tokens, grid = self.patchify(x.to(self.patch_embedding.weight.dtype))  # (B, L, D)
         tokens = tokens.float()  # fp32 residual stream (Wan keeps it fp32 via its fp32 modulation)
-        rope = rope_grid(self.rope_cos, self.rope_sin, self.cfg.rope_split, grid)  # 2 x (L, Dh/2)
+        rope = rope_grid(*self.rope_tables(tokens.device), self.cfg.rope_split, grid)  # 2 x (L, Dh/2)
         t_emb, e = self.embed_time(timestep, tokens.shape[1])  # (B, 1|L, D), (B, 1|L, 6, D)
         ctx = self.text_embedding(context.to(self.text_embedding[0].weight.dtype))  # (B, T, D)
         image = self.img_emb(clip_tokens) if self.img_emb is not None else None  # (B, I, D)
