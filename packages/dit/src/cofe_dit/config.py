@@ -186,44 +186,21 @@ PRESETS: dict[str, DiTConfig] = {
         out_dim=48,
         vae_stride=(4, 16, 16),
     ),
-    # A few-thousand-parameter model for tests and the CPU demo; head width 16 keeps every RoPE axis non-empty.
-    "tiny": DiTConfig(
-        name="tiny",
-        dim=32,
-        ffn_dim=64,
-        num_heads=2,
-        num_layers=2,
-        in_dim=4,
-        out_dim=4,
-        text_dim=16,
-        freq_dim=32,
-        text_len=8,
-    ),
-    "tiny-i2v": DiTConfig(
-        name="tiny-i2v",
-        model_type="i2v",
-        dim=32,
-        ffn_dim=64,
-        num_heads=2,
-        num_layers=2,
-        in_dim=12,
-        out_dim=4,
-        text_dim=16,
-        freq_dim=32,
-        image_dim=24,
-        text_len=8,
-    ),
-    "tiny-ti2v": DiTConfig(
-        name="tiny-ti2v",
-        model_type="ti2v",
-        dim=32,
-        ffn_dim=64,
-        num_heads=2,
-        num_layers=2,
-        in_dim=4,
-        out_dim=4,
-        text_dim=16,
-        freq_dim=32,
-        text_len=8,
-    ),
 }
+
+# A few-thousand-parameter model for tests and the CPU demo; head width 16 keeps every RoPE axis non-empty.
+_TINY = DiTConfig(
+    name="tiny",
+    dim=32,
+    ffn_dim=64,
+    num_heads=2,
+    num_layers=2,
+    in_dim=4,
+    out_dim=4,
+    text_dim=16,
+    freq_dim=32,
+    text_len=8,
+)
+PRESETS["tiny"] = _TINY
+PRESETS["tiny-i2v"] = replace(_TINY, name="tiny-i2v", model_type="i2v", in_dim=12, image_dim=24)
+PRESETS["tiny-ti2v"] = replace(_TINY, name="tiny-ti2v", model_type="ti2v")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cofe_encoders.images import Images
+from cofe_encoders.images import Images, resize_center_crop, to_float_list
 
 
 @dataclass(frozen=True)
@@ -104,3 +104,16 @@ class FrozenExpert(nn.Module, ABC):
     def forward(self, images: Images, **kwargs) -> ExpertOutput:
         """Same as :meth:`encode`."""
         return self.encode(images, **kwargs)
+
+
+class ViTExpert(FrozenExpert):
+    """A frozen ViT expert: resize + centre-crop to ``image_size`` and normalise with the ``mean`` / ``std`` buffers
+    (``(1, 3, 1, 1)``) that the subclass registers for its training data (CLIP's or ImageNet's statistics)."""
+
+    image_size: int
+
+    def preprocess(self, images: Images) -> torch.Tensor:
+        """``(B, 3, S, S)`` normalised input on the expert's device and dtype."""
+        x = torch.stack([resize_center_crop(im.to(self.device), self.image_size) for im in to_float_list(images)])
+        x = (x - self.mean) / self.std  # (B, 3, S, S)
+        return x.to(self.dtype)

@@ -11,8 +11,8 @@ from pathlib import Path
 import timm
 import torch
 
-from cofe_encoders.base import ExpertOutput, FrozenExpert
-from cofe_encoders.images import Images, resize_center_crop, to_float_list
+from cofe_encoders.base import ExpertOutput, ViTExpert
+from cofe_encoders.images import Images
 from cofe_encoders.weights import resolve_file
 
 # A DINOv2-shaped ViT small enough for CPU tests (random weights): same patch size, layer scale and
@@ -24,7 +24,7 @@ _TINY = {
 }
 
 
-class DINOv2Expert(FrozenExpert):
+class DINOv2Expert(ViTExpert):
     """Frozen DINOv2 ViT from timm.
 
     Args:
@@ -65,12 +65,6 @@ class DINOv2Expert(FrozenExpert):
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
         self.freeze()
-
-    def preprocess(self, images: Images) -> torch.Tensor:
-        """Resize + centre-crop + ImageNet normalisation: ``(B, 3, S, S)`` on the expert's device and dtype."""
-        x = torch.stack([resize_center_crop(im.to(self.device), self.image_size) for im in to_float_list(images)])
-        x = (x - self.mean) / self.std  # (B, 3, S, S)
-        return x.to(self.dtype)
 
     def _encode(self, images: Images) -> ExpertOutput:
         x = self.preprocess(images)  # (B, 3, S, S)

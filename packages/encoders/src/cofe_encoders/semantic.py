@@ -14,8 +14,8 @@ import open_clip
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from cofe_encoders.base import ExpertOutput, FrozenExpert
-from cofe_encoders.images import Images, resize_center_crop, to_float_list
+from cofe_encoders.base import ExpertOutput, ViTExpert
+from cofe_encoders.images import Images
 from cofe_encoders.weights import load_state_dict_file
 
 # A CLIP-shaped tower small enough for CPU tests (random weights).
@@ -35,7 +35,7 @@ def _vision_cfg(variant: str) -> tuple[int, dict, bool]:
     return int(cfg["embed_dim"]), dict(cfg["vision_cfg"]), bool(cfg.get("quick_gelu", False))
 
 
-class CLIPVisionExpert(FrozenExpert):
+class CLIPVisionExpert(ViTExpert):
     """Frozen open_clip vision tower.
 
     Args:
@@ -85,12 +85,6 @@ class CLIPVisionExpert(FrozenExpert):
         self.register_buffer("mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1), persistent=False)
         self.freeze()
-
-    def preprocess(self, images: Images) -> torch.Tensor:
-        """Resize + centre-crop + CLIP normalisation: ``(B, 3, S, S)`` on the expert's device and dtype."""
-        x = torch.stack([resize_center_crop(im.to(self.device), self.image_size) for im in to_float_list(images)])
-        x = (x - self.mean) / self.std  # (B, 3, S, S)
-        return x.to(self.dtype)
 
     def _encode(self, images: Images) -> ExpertOutput:
         x = self.preprocess(images)  # (B, 3, S, S)
