@@ -1,28 +1,45 @@
-"""The `cofe` command."""
+"""The `cofe` command: `cofe <command> [args]`, each command a module with a `main(argv) -> int`."""
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import sys
+
+# command -> (module, one-line help). Modules are imported only when their command runs.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("cofe_apps.demo", "train a tiny DiT on synthetic clips on the CPU and sample mp4 videos"),
+    "curate": ("cofe_apps.curate", "raw videos -> curated WebDataset shards"),
+    "precompute": ("cofe_apps.precompute", "curated shards -> training shards (latents, text, expert features)"),
+    "fit": ("cofe_apps.train", "train the DiT + CoFE (LightningCLI)"),
+    "sample": ("cofe_apps.sample", "reference face + first frame + prompt -> mp4"),
+    "bench": ("cofe_apps.bench", "videos + references + prompts -> metrics per head-pose bin"),
+    "compare": ("cofe_apps.compare", "MLflow runs side by side"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: cofe <command> [args]", "", "commands:"]
+    lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cofe", description="CoFE: identity-preserving video generation.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train a tiny DiT on synthetic clips on the CPU and sample mp4 videos")
-    demo.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
-    demo.add_argument("--train-steps", type=int, default=1000)
-    demo.add_argument("--sample-steps", type=int, default=20)
-    demo.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        from cofe_apps.demo import DemoConfig, run_demo
-
-        summary = run_demo(
-            args.out, DemoConfig(train_steps=args.train_steps, sample_steps=args.sample_steps, seed=args.seed)
-        )
-        return 0 if summary["prompts_correct"] > 0 else 1
-    return 2
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"cofe: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+    except ModuleNotFoundError as exc:
+        if exc.name == COMMANDS[name][0]:
+            print(f"cofe: the {name!r} command is not implemented yet", file=sys.stderr)
+            return 2
+        raise
+    return int(module.main(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -174,3 +174,19 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log=print) -> dict:
         f"videos and summary.json in {out}"
     )
     return summary
+
+
+def main(argv: list[str]) -> int:
+    """`cofe demo [--out DIR] [--train-steps N] [--sample-steps N] [--seed S]`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="cofe demo", description="Train a tiny DiT on the CPU and sample videos.")
+    parser.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
+    parser.add_argument("--train-steps", type=int, default=DemoConfig.train_steps)
+    parser.add_argument("--sample-steps", type=int, default=DemoConfig.sample_steps)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    summary = run_demo(
+        args.out, DemoConfig(train_steps=args.train_steps, sample_steps=args.sample_steps, seed=args.seed)
+    )
+    return 0 if summary["prompts_correct"] > 0 else 1
