@@ -1,3 +1,73 @@
-"""Raw face videos to pose-varying, identity-consistent, speech-aware WebDataset shards."""
+"""Raw face videos to pose-varying, identity-consistent, speech-aware WebDataset shards.
 
-__version__ = "0.0.1"
+Stages (each a module with its typed config in :mod:`cofe_curation.config`): ingest, shots, faces, identity,
+speech + caption, shards (writing). :class:`Curator` runs stages 2-6 on a decoded input.
+"""
+
+from cofe_curation.caption import CaptionRewriter, RuleBasedRewriter, build_rewriter
+from cofe_curation.config import (
+    CurationConfig,
+    FaceConfig,
+    IdentityConfig,
+    IngestConfig,
+    ShotConfig,
+    SpeechConfig,
+    WriteConfig,
+)
+from cofe_curation.ingest import DecodedVideo, IngestError, InputItem, decode, discover_inputs
+from cofe_curation.pipeline import ClipResult, Curator, InputResult, error_result
+from cofe_curation.shards import ShardWriter, done_sources, finalize
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CaptionRewriter",
+    "ClipResult",
+    "CurationConfig",
+    "Curator",
+    "DecodedVideo",
+    "FaceConfig",
+    "IdentityConfig",
+    "IngestConfig",
+    "IngestError",
+    "InputItem",
+    "InputResult",
+    "RuleBasedRewriter",
+    "ShardWriter",
+    "ShotConfig",
+    "SpeechConfig",
+    "WriteConfig",
+    "build_rewriter",
+    "curate",
+    "decode",
+    "discover_inputs",
+    "done_sources",
+    "error_result",
+    "finalize",
+]
+
+
+def curate(inputs, out_dir, cfg: CurationConfig | None = None, rank: int = 0, world_size: int = 1) -> dict:
+    """Curate ``inputs`` into ``out_dir`` in this process (no Lightning): the library's reference loop.
+
+    Skips inputs already finished in ``out_dir``; this rank takes inputs ``rank::world_size``. Returns the
+    report of :func:`finalize` (run only by a single-process call, ``world_size == 1``).
+    """
+    cfg = cfg or CurationConfig()
+    items = discover_inputs(list(inputs))[rank::world_size]
+    done = done_sources(out_dir)
+    curator = Curator(cfg)
+    writer = ShardWriter(out_dir, rank, cfg.write.shard_max_clips)
+    for item in items:
+        if item.source in done:
+            continue
+        try:
+            video = decode(item, cfg.ingest)
+        except IngestError as exc:
+            writer.add(error_result(item.source, str(exc)))
+            continue
+        writer.add(curator.process(video))
+    writer.close()
+    if world_size == 1:
+        return finalize(out_dir, cfg.identity.cluster_threshold, cfg.write.plots)
+    return {}

@@ -1,0 +1,200 @@
+"""`cofe curate INPUT... --out DIR [--config FILE]`: raw videos -> curated WebDataset shards.
+
+Runs the ``cofe_curation`` stages as a Lightning predict loop, so that it scales the way training does: with
+``--devices N`` (and ``--num-nodes``) Lightning's launcher starts the ranks, each rank takes a disjoint part of the
+inputs (``inputs[rank::world_size]``) and writes its own shards ``{out}/shards/rank{r}-{i:06d}.tar``. Decoding
+(stage 1) runs in DataLoader workers, the face, identity, speech and writing stages in the rank's main process,
+so a worker decodes the next input while the main process analyses the current one.
+
+Resumable: inputs listed in a committed shard manifest are skipped, so a rerun after a kill continues where the
+run stopped and neither loses nor duplicates a clip (commit protocol in ``cofe_curation.shards``). After all ranks
+finish, rank 0 clusters identities over the whole output and writes ``data.jsonl``, ``report.json`` and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cofe_curation import (
+    CurationConfig,
+    Curator,
+    DecodedVideo,
+    IngestConfig,
+    IngestError,
+    InputItem,
+    InputResult,
+    ShardWriter,
+    decode,
+    discover_inputs,
+    done_sources,
+    error_result,
+    finalize,
+)
+
+
+class InputDataset(Dataset):
+    """Decodes one input per item (stage 1); runs in DataLoader workers.
+
+    Returns a :class:`DecodedVideo` whose frames travel as a torch tensor (shared memory between processes), or
+    an :class:`InputResult` with the reason when the input cannot be decoded.
+    """
+
+    def __init__(self, items: list[InputItem], cfg: IngestConfig) -> None:
+        self.items = items
+        self.cfg = cfg
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> DecodedVideo | InputResult:
+        item = self.items[index]
+        try:
+            video = decode(item, self.cfg)
+        except IngestError as exc:
+            return error_result(item.source, str(exc))
+        except Exception as exc:  # an unforeseen decoder failure must not stop the run: record it
+            return error_result(item.source, f"{item.source}: unexpected decoding error {type(exc).__name__}: {exc}")
+        video.frames = torch.from_numpy(video.frames)
+        return video
+
+
+def _first(batch: list) -> DecodedVideo | InputResult:
+    return batch[0]
+
+
+def _build(args: argparse.Namespace, cfg: CurationConfig):
+    """The LightningModule and DataModule (imported here: `cofe --help` must not import Lightning)."""
+    import lightning as L
+
+    class CurationData(L.LightningDataModule):
+        def predict_dataloader(self) -> DataLoader:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+            items = discover_inputs(args.inputs)[rank::world]
+            done = done_sources(args.out)
+            todo = [item for item in items if item.source not in done]
+            self.skipped = len(items) - len(todo)
+            if self.skipped:
+                print(f"rank {rank}: {self.skipped} of {len(items)} inputs already finished, skipped", file=sys.stderr)
+            return DataLoader(
+                InputDataset(todo, cfg.ingest),
+                batch_size=1,
+                shuffle=False,
+                num_workers=args.workers,
+                collate_fn=_first,
+                prefetch_factor=2 if args.workers else None,
+            )
+
+    class CurationModule(L.LightningModule):
+        def on_predict_start(self) -> None:
+            self.curator = Curator(cfg)
+            self.writer = ShardWriter(args.out, self.global_rank, cfg.write.shard_max_clips)
+
+        def predict_step(self, batch: DecodedVideo | InputResult, batch_idx: int) -> dict:
+            if isinstance(batch, InputResult):
+                result = batch
+            else:
+                batch.frames = batch.frames.numpy()
+                try:
+                    result = self.curator.process(batch)
+                except Exception as exc:  # one broken input must not stop the run: record it and go on
+                    result = error_result(batch.source, f"{batch.source}: {type(exc).__name__}: {exc}")
+            self.writer.add(result)
+            return {"source": result.source, "decision": result.decision}
+
+        def on_predict_end(self) -> None:
+            self.writer.close()
+
+    return L, CurationModule(), CurationData()
+
+
+def load_config(path: str | None, preset: str) -> CurationConfig:
+    """The config: a preset, overridden by a YAML or JSON file (sections as in ``CurationConfig``)."""
+    base = CurationConfig.from_name(preset)
+    if path is None:
+        return base
+    from omegaconf import OmegaConf
+
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as exc:
+        raise ValueError(f"config file {path} could not be read: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: expected a mapping of sections, got {type(data).__name__}")
+    return CurationConfig.from_dict(data, base=base)
+
+
+def summary_table(report: dict, seconds: float) -> str:
+    """The final summary: inputs by decision, then clips in and out of each stage, then throughput."""
+    c = report["counts"]
+    st = c["stages"]
+    rows = [
+        ("ingest", st["ingest"]["in"], st["ingest"]["rejected"], "inputs that do not decode"),
+        ("shots", st["shots"]["in"], st["shots"]["rejected"], f"inputs with no clip; {st['shots']['clips_out']} clips"),
+        ("faces", st["faces"]["in"], st["faces"]["rejected"], "clips"),
+        ("identity", st["identity"]["in"], st["identity"]["rejected"], "clips"),
+        ("speech", st["speech"]["in"], 0, f"{st['speech']['speaking']} speaking"),
+        ("write", st["write"]["in"], 0, f"{st['write']['written']} clips written"),
+    ]
+    lines = [f"{'stage':<10}{'in':>6}{'rejected':>10}  note", "-" * 56]
+    lines += [f"{name:<10}{n_in:>6}{rej:>10}  {note}" for name, n_in, rej, note in rows]
+    lines.append("-" * 56)
+    lines.append(
+        f"inputs {c['inputs']}: {c['inputs_kept']} kept, {c['inputs_rejected']} rejected, {c['inputs_error']} errors; "
+        f"clips {c['clips_kept']}/{c['clips']} kept; {report['identities']} identities"
+    )
+    rate = c["seconds_in"] / seconds if seconds > 0 else 0.0
+    lines.append(f"{c['seconds_in']:.1f} s of video in {seconds:.1f} s ({rate:.2f} video s per s)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="cofe curate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="+", help="videos, folders, list files (.txt/.lst) or WebDataset .tar shards")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (resumed if it exists)")
+    parser.add_argument("--config", help="YAML or JSON file overriding the preset (sections as in CurationConfig)")
+    parser.add_argument("--preset", default="default", help="config preset: default or tiny")
+    parser.add_argument("--devices", default="1", help="Lightning devices (processes on CPU)")
+    parser.add_argument("--num-nodes", type=int, default=1)
+    parser.add_argument("--accelerator", default="cpu", help="cpu (default) or auto")
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader decoding workers per rank")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    args.inputs = [str(p) for p in args.inputs]
+    try:
+        cfg = load_config(args.config, args.preset)
+    except ValueError as exc:
+        print(f"cofe curate: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    L, module, data = _build(args, cfg)
+    devices = int(args.devices) if args.devices.isdigit() else args.devices
+    trainer = L.Trainer(
+        accelerator=args.accelerator,
+        devices=devices,
+        num_nodes=args.num_nodes,
+        strategy="ddp" if devices not in (1, "1") or args.num_nodes > 1 else "auto",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=not args.no_progress,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # inputs are split per rank by the DataModule, without padding
+    )
+    tic = time.perf_counter()
+    trainer.predict(module, datamodule=data, return_predictions=False)
+    trainer.strategy.barrier("curate-finalize")
+    if trainer.is_global_zero:
+        report = finalize(args.out, cfg.identity.cluster_threshold, cfg.write.plots)
+        (args.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        print(summary_table(report, time.perf_counter() - tic))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,271 @@
+"""The stages put together: one decoded input in, its clips' decisions and shard samples out.
+
+:class:`Curator` runs stages 2-6 on a :class:`~cofe_curation.ingest.DecodedVideo` (stage 1 runs wherever decoding
+runs: a DataLoader worker in ``cofe curate``). It is plain Python: any loop (a script, a Lightning predict loop)
+can drive it, and each stage function can be called on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cofe_curation.caption import CaptionRewriter, build_rewriter
+from cofe_curation.config import CurationConfig
+from cofe_curation.faces import check_faces, detect_faces, face_stats, track_main_face
+from cofe_curation.identity import check_identity, clip_embedding, embed_track, id_consistency
+from cofe_curation.ingest import DecodedVideo
+from cofe_curation.media import encode_mp4, read_clip
+from cofe_curation.shots import shot_clips
+from cofe_curation.speech import decide_speaking, mouth_motion, speech_ratio, speech_segments
+from cofe_encoders.face import FaceAnalyzer, build_face_analyzer, reference_crop
+
+STAGES = ("ingest", "shots", "faces", "identity", "speech", "write")
+
+
+@dataclass
+class ClipResult:
+    """One clip's decision, and its shard sample when kept.
+
+    Attributes:
+        key: WebDataset key (``__key__``), unique per source and clip.
+        t0: Start in the source, seconds.
+        t1: End in the source, seconds.
+        decision: ``"kept"`` or ``"rejected"``.
+        stage: The stage that rejected it (``"faces"``, ``"identity"``), or ``"write"`` when kept.
+        reason: Why.
+        annotation: The shard JSON (DESIGN.md §3) of a kept clip.
+        embedding: ``(D,)`` clip identity embedding (clustering across the run).
+        mp4: Encoded clip bytes.
+        ref_png: Reference face crop, PNG bytes.
+    """
+
+    key: str
+    t0: float
+    t1: float
+    decision: str
+    stage: str
+    reason: str
+    annotation: dict[str, Any] | None = None
+    embedding: np.ndarray | None = None
+    mp4: bytes | None = None
+    ref_png: bytes | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The report entry (no media)."""
+        rec = {"key": self.key, "t0": round(self.t0, 3), "t1": round(self.t1, 3)}
+        rec.update(decision=self.decision, stage=self.stage, reason=self.reason)
+        if self.annotation is not None:
+            keys = ("yaw_range", "id_consistency", "speaking", "speech_ratio", "face_ratio", "num_frames")
+            rec["summary"] = {k: self.annotation[k] for k in keys}
+            rec["speech_reason"] = self.annotation.get("speech_reason")
+            rec["yaws"] = [f["yaw"] for f in self.annotation["faces"]]
+        if self.embedding is not None:
+            rec["embedding"] = [round(float(v), 5) for v in self.embedding]
+        return rec
+
+
+@dataclass
+class InputResult:
+    """One input's decision and its clips.
+
+    Attributes:
+        source: Source id.
+        decision: ``"kept"`` (at least one clip kept), ``"rejected"`` (no clip kept) or ``"error"`` (unusable).
+        reason: Why (for ``"kept"``: how many clips).
+        notes: Non-fatal problems (bad caption file, VFR, no audio, truncated decoding).
+        clips: Clip results.
+        seconds: Wall time per stage.
+        duration: Analysed seconds of video.
+        frames: Sampled frames analysed.
+    """
+
+    source: str
+    decision: str
+    reason: str
+    notes: list[str] = field(default_factory=list)
+    clips: list[ClipResult] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    duration: float = 0.0
+    frames: int = 0
+
+    def record(self) -> dict[str, Any]:
+        """The report entry (no media)."""
+        return {
+            "source": self.source,
+            "decision": self.decision,
+            "reason": self.reason,
+            "notes": self.notes,
+            "duration": round(self.duration, 3),
+            "clips": [c.record() for c in self.clips],
+        }
+
+
+def error_result(source: str, reason: str) -> InputResult:
+    """The result of an input that could not be decoded."""
+    return InputResult(source, "error", reason)
+
+
+def clip_key(source: str, index: int) -> str:
+    """A WebDataset-safe key (no dots, ASCII) that is stable for a source and clip index."""
+    return f"{hashlib.sha1(source.encode('utf-8')).hexdigest()[:16]}_{index:03d}"
+
+
+def _png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Curator:
+    """Runs stages 2-6 on decoded inputs.
+
+    Args:
+        cfg: The configuration.
+        analyzer: A ``cofe_encoders`` face analyser (default: the offline YuNet + SFace backend).
+        rewriter: A caption rewriter (default: built from ``cfg.speech.rewriter``).
+    """
+
+    def __init__(
+        self,
+        cfg: CurationConfig | None = None,
+        analyzer: FaceAnalyzer | None = None,
+        rewriter: CaptionRewriter | None = None,
+    ) -> None:
+        self.cfg = cfg or CurationConfig()
+        self.analyzer = analyzer or build_face_analyzer("offline", score_threshold=self.cfg.faces.min_score)
+        self.rewriter = rewriter or build_rewriter(self.cfg.speech.rewriter, self.cfg.speech.speaking_sentence)
+
+    def process(self, video: DecodedVideo) -> InputResult:
+        """Curate one decoded input (never raises on bad content: the result says why it was rejected)."""
+        cfg = self.cfg
+        seconds: dict[str, float] = defaultdict(float)
+        tic = time.perf_counter()
+        spans = shot_clips(video.frames, video.times, video.duration, cfg.ingest.sample_fps, cfg.shots)
+        seconds["shots"] += time.perf_counter() - tic
+        result = InputResult(video.source, "rejected", "", list(video.notes), duration=video.duration)
+        result.frames = len(video.frames)
+        if not spans:
+            result.reason = (
+                f"no shot of at least min_clip_s={cfg.shots.min_clip_s} s (video {video.duration:.2f} s long)"
+            )
+            result.seconds = dict(seconds)
+            return result
+
+        tic = time.perf_counter()
+        needed = sorted({i for s in spans for i in range(s.start, s.stop)})
+        detections: list = [[] for _ in range(len(video.frames))]
+        for i, faces in zip(
+            needed, detect_faces(self.analyzer, video.frames[needed], cfg.faces.min_score), strict=True
+        ):
+            detections[i] = faces
+        seconds["faces"] += time.perf_counter() - tic
+
+        segments = None
+        for ci, span in enumerate(spans):
+            key = clip_key(video.source, ci)
+            tic = time.perf_counter()
+            track = track_main_face(video.frames, detections, span.start, span.stop)
+            stats = face_stats(track, video.frames.shape[1:3], video.scale)
+            reason = check_faces(stats, cfg.faces)
+            seconds["faces"] += time.perf_counter() - tic
+            if reason:
+                result.clips.append(ClipResult(key, span.t0, span.t1, "rejected", "faces", reason))
+                continue
+
+            tic = time.perf_counter()
+            pos, emb = embed_track(self.analyzer, video.frames, track, cfg.identity.max_embed_frames)
+            yaws = track.yaws[pos]
+            consistency = id_consistency(emb, yaws, cfg.identity)
+            reason = check_identity(consistency, cfg.identity)
+            seconds["identity"] += time.perf_counter() - tic
+            if reason:
+                result.clips.append(ClipResult(key, span.t0, span.t1, "rejected", "identity", reason))
+                continue
+
+            tic = time.perf_counter()
+            has_audio = video.audio is not None and video.audio.size > 0
+            if has_audio and segments is None:
+                segments = speech_segments(video.audio, video.audio_rate, cfg.speech.vad_threshold)
+            ratio = speech_ratio(segments or [], span.t0, span.t1)
+            gap = 1.5 / cfg.ingest.sample_fps
+            motion = mouth_motion(video.frames, track, video.times, gap, segments)
+            speech = decide_speaking(ratio, motion, has_audio, cfg.speech)
+            refined = self.rewriter.rewrite(video.caption, speech.speaking)
+            seconds["speech"] += time.perf_counter() - tic
+
+            tic = time.perf_counter()
+            clip = self._write(video, key, span, track, consistency, stats, speech, refined)
+            clip.embedding = clip_embedding(emb, yaws)
+            seconds["write"] += time.perf_counter() - tic
+            result.clips.append(clip)
+
+        kept = sum(c.decision == "kept" for c in result.clips)
+        if kept:
+            result.decision, result.reason = "kept", f"{kept} of {len(result.clips)} clips kept"
+        else:
+            stages = sorted({c.stage for c in result.clips})
+            result.reason = f"all {len(result.clips)} clips rejected ({', '.join(stages)})"
+        result.seconds = dict(seconds)
+        return result
+
+    def _write(self, video, key, span, track, consistency, stats, speech, refined) -> ClipResult:
+        cfg = self.cfg
+        frames, fps = read_clip(video.source, span.t0, span.t1, cfg.write.max_side, video.rotation)
+        height, width = frames.shape[1:3]
+        k = width / video.frames.shape[2]  # analysis pixels -> clip pixels
+        audio = None
+        if video.audio is not None and video.audio.size:
+            a0, a1 = round(span.t0 * video.audio_rate), round(span.t1 * video.audio_rate)
+            audio = video.audio[a0:a1]
+        mp4 = encode_mp4(frames, fps, audio, video.audio_rate, cfg.write.crf)
+        faces = []
+        for i, face in zip(track.indices, track.faces, strict=True):
+            frame = min(len(frames) - 1, round((video.times[i] - span.t0) * fps))
+            rec = {
+                "frame": frame,
+                "bbox": [round(float(v) * k, 2) for v in face.bbox],
+                "kps5": [[round(float(x) * k, 2), round(float(y) * k, 2)] for x, y in face.kps5],
+            }
+            rec.update({n: v for n, v in face.to_dict().items() if n not in ("bbox", "kps5")})
+            faces.append(rec)
+        # Reference: the most frontal of the sharper half of the tracked frames, cut from the full-quality clip.
+        sharp_half = np.argsort(-track.sharpness)[: max(1, (len(track.faces) + 1) // 2)]
+        best = int(sharp_half[np.argmin(np.abs(track.yaws[sharp_half]))])
+        ref_rec = faces[best]
+        ref = reference_crop(frames[ref_rec["frame"]], np.asarray(ref_rec["kps5"]), size=cfg.write.ref_size)
+        annotation = {
+            "fps": round(fps, 4),
+            "num_frames": len(frames),
+            "width": width,
+            "height": height,
+            "duration": round(len(frames) / fps, 4),
+            "caption": video.caption,
+            "caption_refined": refined,
+            "speaking": speech.speaking,
+            "speech_ratio": round(speech.speech_ratio, 4),
+            "mouth_motion": round(speech.mouth_motion, 4),
+            "speech_reason": speech.reason,
+            "faces": faces,
+            "face_ratio": round(stats.face_ratio, 5),
+            "face_px": round(stats.face_px * k * video.scale, 2),
+            "sharpness": round(stats.sharpness, 2),
+            "yaw_range": round(stats.yaw_range, 2),
+            "max_abs_yaw": round(stats.max_abs_yaw, 2),
+            "id_consistency": round(consistency, 4),
+            "identity_cluster": -1,  # set across the whole run by cofe_curation.shards.finalize
+            "ref_frame": ref_rec["frame"],
+            "source": video.source,
+            "source_start": round(span.t0, 4),
+            "source_end": round(span.t1, 4),
+            "angles": "degrees; yaw > 0 subject turns to their left, pitch > 0 up, roll > 0 to their left shoulder",
+        }
+        reason = f"kept: yaw range {stats.yaw_range:.0f} deg, id consistency {consistency:.2f}"
+        return ClipResult(key, span.t0, span.t1, "kept", "write", reason, annotation, None, mp4, _png(ref))
