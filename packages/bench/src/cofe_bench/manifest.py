@@ -1,0 +1,279 @@
+"""Benchmark sets: the JSONL manifest and builders for LaFID-Bench-style and VIP-style sets.
+
+Manifest format, one JSON object per line::
+
+    {"id": "vip_0001_p3", "reference": "refs/0001.png", "first_frame": "first/0001.png",
+     "prompt": "A man ...", "video": "vip_0001_p3.mp4"}
+
+``reference`` and ``first_frame`` are paths relative to the manifest's folder (or absolute); ``first_frame`` may
+be ``null`` (VIP gives only a portrait). ``video`` is relative to the videos folder given to ``cofe bench``
+(default ``<id>.mp4``), the file ``cofe sample`` writes for that item. Optional fields (``yaw``,
+``identity_cluster``, ``source``) are kept and reported.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cofe_bench.protocol import BenchConfig
+from cofe_bench.video import read_video
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclass
+class ManifestItem:
+    """One benchmark item (see the module docstring for the fields)."""
+
+    id: str
+    reference: str
+    prompt: str
+    first_frame: str | None = None
+    video: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def video_name(self) -> str:
+        return self.video or f"{self.id}.mp4"
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        extra = d.pop("extra")
+        return {**d, **extra}
+
+
+def read_manifest(path: str | Path) -> list[ManifestItem]:
+    """Read a JSONL manifest; relative ``reference`` / ``first_frame`` paths are resolved against its folder.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a line is not JSON or lacks ``id``, ``reference`` or ``prompt``; ids repeat. The message
+            names the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    items, seen = [], set()
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        missing = [k for k in ("id", "reference", "prompt") if obj.get(k) is None]
+        if missing:
+            raise ValueError(f"{path}:{lineno}: missing field(s) {missing}")
+        item_id = str(obj.pop("id"))
+        if item_id in seen:
+            raise ValueError(f"{path}:{lineno}: duplicate id {item_id!r}")
+        seen.add(item_id)
+
+        def resolve(p: str | None) -> str | None:
+            return None if p is None else str(Path(p) if Path(p).is_absolute() else path.parent / p)
+
+        items.append(
+            ManifestItem(
+                id=item_id,
+                reference=resolve(obj.pop("reference")),
+                prompt=str(obj.pop("prompt")),
+                first_frame=resolve(obj.pop("first_frame", None)),
+                video=obj.pop("video", None),
+                extra=obj,
+            )
+        )
+    return items
+
+
+def write_manifest(items: Iterable[ManifestItem], path: str | Path) -> Path:
+    """Write ``items`` as JSONL (paths written as given)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for item in items:
+            f.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
+    return path
+
+
+def build_vip_manifest(root: str | Path, out: str | Path, num_prompts: int = 5) -> list[ManifestItem]:
+    """Manifest for the VIP challenge test layout: ``root/<identity>/`` with one portrait image and
+    ``prompt1.txt`` .. ``prompt5.txt``; one item per (identity, prompt), id ``<identity>_p<k>``.
+
+    Identities without an image or without prompts are skipped with a warning printed by the caller; the
+    returned list holds the items written to ``out``.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a directory.
+        ValueError: no identity folder holds an image and a prompt.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"VIP test folder not found: {root}")
+    out = Path(out)
+    items = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            continue
+        for k in range(1, num_prompts + 1):
+            prompt_file = folder / f"prompt{k}.txt"
+            if not prompt_file.is_file():
+                continue
+            prompt = prompt_file.read_text(encoding="utf-8").strip()
+            item_id = f"{folder.name}_p{k}"
+            items.append(
+                ManifestItem(
+                    id=item_id,
+                    reference=_relative(images[0], out.parent),
+                    prompt=prompt,
+                    video=f"{item_id}.mp4",
+                    extra={"identity": folder.name},
+                )
+            )
+    if not items:
+        raise ValueError(f"{root}: no identity folder with an image and prompt1..{num_prompts}.txt")
+    write_manifest(items, out)
+    return items
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def _iter_shard_samples(shard: Path):
+    """Group a WebDataset tar's members by key: ``{key: {ext: bytes}}`` (key = name up to the first dot)."""
+    samples: dict[str, dict[str, bytes]] = defaultdict(dict)
+    with tarfile.open(shard) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            name = member.name
+            base = name.rsplit("/", 1)[-1]
+            key, _, ext = base.partition(".")
+            prefix = name[: len(name) - len(base)]
+            f = tar.extractfile(member)
+            if f is not None:
+                samples[prefix + key][ext] = f.read()
+    return samples.items()
+
+
+def build_lafid_manifest(
+    shards: Sequence[str | Path],
+    out_dir: str | Path,
+    exclude_clusters: Iterable[str | int] = (),
+    per_bin: int = 10,
+    config: BenchConfig | None = None,
+    prompt_field: str = "caption",
+) -> list[ManifestItem]:
+    """A LaFID-Bench-style set from curated shards: identity-disjoint from training, balanced over yaw bins.
+
+    Each curated sample (``key.mp4``, ``key.json``, ``key.ref.png``; DESIGN.md section 3) is placed in the yaw
+    bin of its largest per-frame ``|yaw|`` (``json["faces"][i]["yaw"]``), the pose range the model has to
+    render. Samples whose ``identity_cluster`` is in ``exclude_clusters`` (the training identities) are dropped,
+    and at most one sample per identity is kept, so no identity is seen twice. Then up to ``per_bin`` samples
+    per bin are taken in key order (deterministic). For each, ``out_dir`` receives ``refs/<id>.png`` (the
+    curated aligned reference), ``first/<id>.png`` (the clip's first frame, the I2V condition), ``real/<id>.mp4``
+    (the ground-truth clip) and a line in ``out_dir/manifest.jsonl`` with the caption as the prompt.
+
+    Args:
+        shards: Curated WebDataset tar files.
+        out_dir: Output folder.
+        exclude_clusters: ``identity_cluster`` values used for training.
+        per_bin: Samples per yaw bin.
+        config: Supplies the yaw bins (default ``BenchConfig()``).
+        prompt_field: JSON field used as the prompt (``caption`` or ``caption_refined``).
+
+    Returns:
+        The manifest items, balanced over bins (a bin with fewer candidates keeps all of them).
+
+    Raises:
+        FileNotFoundError: a shard is missing.
+    """
+    config = config or BenchConfig()
+    out_dir = Path(out_dir)
+    excluded = {str(c) for c in exclude_clusters}
+    by_bin: dict[str, list[tuple[str, dict, dict]]] = {b: [] for b in config.yaw_bins}
+    seen_ids: set[str] = set()
+    for shard in shards:
+        shard = Path(shard)
+        if not shard.is_file():
+            raise FileNotFoundError(f"curated shard not found: {shard}")
+        for key, parts in sorted(_iter_shard_samples(shard)):
+            if not {"mp4", "json", "ref.png"} <= parts.keys():
+                continue
+            meta = json.loads(parts["json"])
+            cluster = str(meta.get("identity_cluster"))
+            if cluster in excluded or cluster in seen_ids:
+                continue
+            yaws = [abs(float(f["yaw"])) for f in meta.get("faces", []) if f.get("yaw") is not None]
+            if not yaws:
+                continue
+            seen_ids.add(cluster)
+            by_bin[config.yaw_bin(max(yaws))].append((key, meta, parts))
+    items = []
+    for label in config.yaw_bins:
+        for key, meta, parts in by_bin[label][:per_bin]:
+            item_id = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
+            ref = out_dir / "refs" / f"{item_id}.png"
+            real = out_dir / "real" / f"{item_id}.mp4"
+            first = out_dir / "first" / f"{item_id}.png"
+            for p in (ref, real, first):
+                p.parent.mkdir(parents=True, exist_ok=True)
+            ref.write_bytes(parts["ref.png"])
+            real.write_bytes(parts["mp4"])
+            frames, _ = read_video(real)
+            Image.fromarray(frames[0]).save(first)
+            yaws = [float(f["yaw"]) for f in meta.get("faces", []) if f.get("yaw") is not None]
+            items.append(
+                ManifestItem(
+                    id=item_id,
+                    reference=f"refs/{item_id}.png",
+                    first_frame=f"first/{item_id}.png",
+                    prompt=str(meta.get(prompt_field) or meta.get("caption") or ""),
+                    video=f"{item_id}.mp4",
+                    extra={
+                        "identity_cluster": meta.get("identity_cluster"),
+                        "yaw_bin": label,
+                        "yaw_max_abs": round(float(np.max(np.abs(yaws))), 2),
+                        "source": meta.get("source"),
+                    },
+                )
+            )
+    write_manifest(items, out_dir / "manifest.jsonl")
+    return items
+
+
+def load_image_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as uint8 RGB ``(H, W, 3)``; raises ``ValueError`` naming the file when unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot read image {path}: {exc}") from exc
+
+
+__all__ = [
+    "ManifestItem",
+    "build_lafid_manifest",
+    "build_vip_manifest",
+    "load_image_rgb",
+    "read_manifest",
+    "write_manifest",
+]
