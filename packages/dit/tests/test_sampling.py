@@ -82,6 +82,13 @@ def test_guidance_combines_text_and_face_predictions():
     with torch.no_grad():
         torch.testing.assert_close(plain(x, 0.6), v_full)
     assert plain.evaluations == 1
+    # A model trained with faces dropped to zero tokens contrasts with zero tokens, not with the branch off.
+    zeros = [torch.zeros_like(f) for f in faces]
+    dropped = GuidedVelocity(model, ctx, face_tokens=faces, text_scale=1.0, face_scale=2.0, negative_face_tokens=zeros)
+    with torch.no_grad():
+        v_zero = model(x, t, ctx, face_tokens=zeros)
+        torch.testing.assert_close(dropped(x, 0.6), v_zero + 2.0 * (v_full - v_zero))
+    assert not torch.allclose(v_zero, v_text)
     with pytest.raises(ValueError, match="needs negative_context"):
         GuidedVelocity(model, ctx, text_scale=3.0)
 

@@ -66,6 +66,7 @@ class GuidedVelocity:
         text_scale: float = 5.0,
         face_scale: float = 1.0,
         first_frame: Tensor | None = None,
+        negative_face_tokens: Sequence[Tensor | None] | None = None,
     ):
         if text_scale != 1.0 and negative_context is None:
             raise ValueError(f"text_scale={text_scale} needs negative_context (the embedded negative prompt)")
@@ -74,6 +75,9 @@ class GuidedVelocity:
         self.face_tokens, self.cond, self.clip_tokens = face_tokens, cond, clip_tokens
         self.text_scale, self.face_scale = text_scale, face_scale
         self.first_frame = first_frame
+        # The face-unconditional input: the branch off (None) unless the model was trained dropping faces to
+        # something else (e.g. zero tokens), which is then what guidance should contrast with.
+        self.negative_face_tokens = negative_face_tokens
         self.evaluations = 0
 
     def _timestep(self, x: Tensor, sigma: float) -> Tensor:
@@ -94,12 +98,12 @@ class GuidedVelocity:
         s_t, s_f = self.text_scale, self.face_scale
         v_full = self._run(x, t, self.context, self.face_tokens if has_face else None)
         if has_face and s_f != 1.0:
-            v_text = self._run(x, t, self.context, None)
+            v_text = self._run(x, t, self.context, self.negative_face_tokens)
             face_term = s_f * (v_full - v_text)
         else:
             v_text, face_term = v_full, None
         if s_t != 1.0:
-            v_neg = self._run(x, t, self.negative_context, None)
+            v_neg = self._run(x, t, self.negative_context, self.negative_face_tokens)
             v = v_neg + s_t * (v_text - v_neg)
         else:
             v = v_text
@@ -121,6 +125,7 @@ def sample(
     cond: Tensor | None = None,
     clip_tokens: Tensor | None = None,
     first_frame: Tensor | None = None,
+    negative_face_tokens: Sequence[Tensor | None] | None = None,
     noise: Tensor | None = None,
     callback: Callable[[int, Tensor], None] | None = None,
 ) -> Tensor:
@@ -136,6 +141,7 @@ def sample(
         face_tokens: per-block face tokens (models with a face branch).
         cond, clip_tokens: Wan 2.1 I2V conditioning.
         first_frame: ``(B, C, k, H, W)`` clean leading latent frame(s) (Wan 2.2 TI2V); kept fixed, timestep 0.
+        negative_face_tokens: the face-unconditional tokens (default None: the face branch off).
         noise: explicit initial noise of ``shape``.
         callback: ``callback(step, x)`` after every step.
 
@@ -166,6 +172,7 @@ def sample(
         text_scale=config.text_scale,
         face_scale=config.face_scale,
         first_frame=first_frame,
+        negative_face_tokens=negative_face_tokens,
     )
     sigmas = sigma_schedule(config.steps, config.shift).tolist()
 

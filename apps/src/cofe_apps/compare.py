@@ -1,0 +1,119 @@
+"""`cofe compare`: benchmark runs side by side from MLflow, as a Markdown table and a plot.
+
+cofe compare --experiment cofe-bench [--tracking-uri sqlite:///mlflow.db] [--out compare/]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HEADLINE = ("facesim_arc", "facesim_cur", "clipscore", "fid", "fid_set", "detection_rate", "id_frame_sim", "motion")
+PLOTTED = ("facesim_arc", "facesim_cur", "clipscore", "fid")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cofe compare", description="benchmark runs side by side from MLflow")
+    p.add_argument("--experiment", default="cofe-bench", help="MLflow experiment (default cofe-bench)")
+    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow tracking URI")
+    p.add_argument("--runs", nargs="*", help="run ids or names to keep (default: all finished runs)")
+    p.add_argument("--out", type=Path, default=Path("compare"), help="folder for compare.md and compare.png")
+    return p
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "–"
+    return f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
+
+
+def load_runs(tracking_uri: str, experiment: str, keep: list[str] | None = None) -> list[dict]:
+    """Finished bench runs of ``experiment``, oldest first: name, id, protocol and metrics."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=1000)
+    rows = []
+    for run in runs:
+        name = run.info.run_name or run.info.run_id[:8]
+        if keep and run.info.run_id not in keep and name not in keep:
+            continue
+        rows.append(
+            {
+                "name": name,
+                "id": run.info.run_id,
+                "protocol": run.data.params.get("protocol", "?"),
+                "metrics": dict(run.data.metrics),
+            }
+        )
+    return rows
+
+
+def bins_of(rows: list[dict]) -> list[str]:
+    """Yaw-bin suffixes present in the runs' metric names, in first-seen order (``yaw_lt30``, ...)."""
+    seen: list[str] = []
+    for row in rows:
+        for key in row["metrics"]:
+            if key.startswith("facesim_arc/"):
+                b = key.split("/", 1)[1]
+                if b not in seen:
+                    seen.append(b)
+    return seen
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one row per run, headline metrics then FaceSim-Arc per yaw bin."""
+    bins = bins_of(rows)
+    cols = [*HEADLINE, *[f"facesim_arc/{b}" for b in bins]]
+    lines = ["| run | protocol | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 2)]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['protocol']} | " + " | ".join(_fmt(r["metrics"].get(c)) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    """One panel per metric: its value per yaw bin, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = bins_of(rows)
+    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4 * len(PLOTTED), 3.4), dpi=100)
+    for ax, metric in zip(axes, PLOTTED, strict=True):
+        for r in rows:
+            ys = [r["metrics"].get(f"{metric}/{b}", np.nan) for b in bins]
+            ax.plot(bins, ys, marker="o", label=f"{r['name']} ({r['protocol']})")
+        ax.set_title(metric + (" (lower is better)" if metric == "fid" else ""), fontsize=9)
+        ax.set_xlabel("yaw bin")
+    axes[0].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rows = load_runs(args.tracking_uri, args.experiment, args.runs)
+    except ValueError as exc:
+        print(f"cofe compare: {exc}", file=sys.stderr)
+        return 2
+    if not rows:
+        print(f"cofe compare: no runs in experiment {args.experiment!r}", file=sys.stderr)
+        return 2
+    md = table(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "compare.md").write_text(md, encoding="utf-8")
+    png = plot(rows, args.out / "compare.png")
+    print(md)
+    print(f"table: {args.out / 'compare.md'}  plot: {png}")
+    return 0

