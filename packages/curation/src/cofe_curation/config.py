@@ -113,9 +113,9 @@ class SpeechConfig:
     Attributes:
         vad_threshold: silero-vad speech probability threshold (0.5 is silero's default).
         min_speech_ratio: A clip has speech in its audio if VAD covers at least this fraction of it.
-        min_mouth_motion: Minimum mouth motion (:func:`cofe_curation.speech.mouth_motion`, mouth change over the
-            rest of the face's; 1.30 speaking and 0.83 silent on the real ``movie-hello.mp4``) for the visible
-            person to be the speaker; below it, audible speech is treated as a voice-over.
+        min_mouth_motion: Minimum voice-locked mouth motion (:func:`cofe_curation.speech.mouth_motion`: 1.74 on
+            the real speaking ``movie-hello.mp4``, 0.88-1.14 for a still real face under the same speech) for the
+            visible person to be the speaker; below it, audible speech is treated as a voice-over.
         rewriter: Caption rewriter: ``"rules"`` (default, offline) or ``"module:attr"`` of a
             :class:`cofe_curation.caption.CaptionRewriter` factory (for example a local LLM). Never a network
             service by default.
@@ -124,7 +124,7 @@ class SpeechConfig:
 
     vad_threshold: float = 0.5
     min_speech_ratio: float = 0.2
-    min_mouth_motion: float = 1.1
+    min_mouth_motion: float = 1.3
     rewriter: str = "rules"
     speaking_sentence: str = "The person is speaking."
 

@@ -196,7 +196,7 @@ class Curator:
                 segments = speech_segments(video.audio, video.audio_rate, cfg.speech.vad_threshold)
             ratio = speech_ratio(segments or [], span.t0, span.t1)
             gap = 1.5 / cfg.ingest.sample_fps
-            motion = mouth_motion(video.frames, track, video.times, gap, segments)
+            motion = mouth_motion(video.frames, track, video.times, gap, segments or [])
             speech = decide_speaking(ratio, motion, has_audio, cfg.speech)
             refined = self.rewriter.rewrite(video.caption, speech.speaking)
             seconds["speech"] += time.perf_counter() - tic
@@ -251,7 +251,7 @@ class Curator:
             "caption_refined": refined,
             "speaking": speech.speaking,
             "speech_ratio": round(speech.speech_ratio, 4),
-            "mouth_motion": round(speech.mouth_motion, 4),
+            "mouth_motion": None if speech.mouth_motion is None else round(speech.mouth_motion, 4),
             "speech_reason": speech.reason,
             "faces": faces,
             "face_ratio": round(stats.face_ratio, 5),

@@ -14,9 +14,14 @@ the 5-point pose estimate reads as yaw.
 from __future__ import annotations
 
 import functools
+import io
 import os
+import shutil
+import subprocess
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 from PIL import Image
@@ -93,7 +98,8 @@ def compose(
     Kinds: ``"turning"`` (one face turning; the t1.jpg face, kept by the defaults through its max |yaw|),
     ``"turning_frontal"`` (the astronaut turning a little), ``"two_faces"`` (astronaut and Hopper side by side),
     ``"swap"`` (the turning face replaced halfway by another t1.jpg person, also turned), ``"no_face"``
-    (moving shapes), ``"tiny"`` (the turning face, ~30 px wide).
+    (moving shapes), ``"tiny"`` (the turning face, ~30 px wide), ``"still"`` (the turned face moving sideways, its
+    mouth still).
     """
     rng = np.random.default_rng(seed)
     n = round(seconds * fps)
@@ -103,7 +109,9 @@ def compose(
         phase = np.sin(2 * np.pi * i / max(n - 1, 1))  # one full turn left and right over the clip
         canvas = _canvas(size)
         side = int(h * 0.95)
-        if kind in ("turning", "turning_frontal", "swap", "tiny"):
+        if kind == "still":
+            _place(canvas, face_card("turned"), w / 2 + 4 * phase, h / 2, side)
+        elif kind in ("turning", "turning_frontal", "swap", "tiny"):
             name = "astronaut" if kind == "turning_frontal" else "turned"
             if kind == "swap" and i >= n // 2:
                 name = "turned2"
@@ -144,3 +152,98 @@ def write_clip(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encode_mp4(frames, fps, audio, rate, crf=23))
     return path
+
+
+def _write_custom(path: Path, frames: np.ndarray, fps: float, rotation: int = 0, vfr: bool = False) -> Path:
+    """Write frames as H.264 with a display rotation, or with irregular timestamps (VFR, in Matroska)."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=round(fps))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
+        if vfr:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        t = 0
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if vfr:
+                frame.pts, frame.time_base = t, Fraction(1, 1000)
+                # Alternating 40 ms and 100 ms steps (25 and 10 fps), as a phone does when light changes.
+                t += 40 if i % 2 else 100
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_bad_inputs(folder: str | Path, base: np.ndarray | None = None, fps: float = 16.0) -> dict[str, Path]:
+    """Write the awkward inputs a curation run must survive, each next to a good one.
+
+    Returns:
+        name -> path for ``corrupt``, ``truncated``, ``empty``, ``audio_only`` (no video stream), ``no_audio``,
+        ``vfr``, ``rotated`` (phone video with a 90-degree display matrix), ``large`` (3840x2160),
+        ``non_ascii`` (a non-ASCII file name) and ``bad_caption`` (its ``.json`` sidecar does not parse).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = compose("turning") if base is None else base
+    seconds = len(base) / fps
+    good = encode_mp4(base, fps, tone(seconds), crf=23)
+    paths = {}
+    paths["corrupt"] = folder / "corrupt.mp4"
+    paths["corrupt"].write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    paths["truncated"] = folder / "truncated.mp4"
+    paths["truncated"].write_bytes(good[: len(good) // 3])
+    paths["empty"] = folder / "empty.mp4"
+    paths["empty"].write_bytes(b"")
+    paths["audio_only"] = folder / "audio_only.mp4"
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(tone(1.0)[None, :], format="flt", layout="mono")
+        frame.sample_rate, frame.pts = 16000, 0
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    paths["audio_only"].write_bytes(buf.getvalue())
+    paths["no_audio"] = write_clip(folder / "no_audio.mp4", base, fps)
+    paths["vfr"] = _write_custom(folder / "vfr.mkv", base, fps, vfr=True)
+    paths["rotated"] = _write_custom(folder / "rotated.mp4", np.ascontiguousarray(np.rot90(base, -1, (1, 2))), fps, 90)
+    # 1.5 s at 6 fps keeps the 4K encode short (a clip must last at least min_clip_s = 1.5 s by default).
+    large = np.stack([cv2.resize(f, (3840, 2160), interpolation=cv2.INTER_LINEAR) for f in base[:: round(fps / 6)][:9]])
+    paths["large"] = write_clip(folder / "large.mp4", large, 6.0)
+    paths["non_ascii"] = write_clip(folder / "visage_é_顔.mp4", base, fps, tone(seconds))
+    paths["bad_caption"] = write_clip(folder / "bad_caption.mp4", base, fps, tone(seconds))
+    (folder / "bad_caption.json").write_text('{"caption": "a person turning their head",', encoding="utf-8")
+    return paths
+
+
+# The real speaking webcam clip (CC-BY-SA-4.0) inside Debian's forensics-samples-files package.
+REAL_CLIP_MEMBER = "usr/share/forensics-samples/original-files/movie2/movie-hello.mp4"
+
+
+def real_clip(cache_dir: str | Path | None = None, download: bool = True) -> Path | None:
+    """Path of ``movie-hello.mp4`` (a real person speaking to a webcam), or ``None`` when it cannot be had.
+
+    Looks at ``$COFE_MOVIE_HELLO``, the installed Debian package, and ``cache_dir`` (default
+    ``~/.cache/cofe/forensics-samples``); with ``download``, fetches the package with ``apt-get download`` and
+    unpacks it with ``dpkg -x`` into the cache (no root needed).
+    """
+    cache = Path(cache_dir or Path.home() / ".cache" / "cofe" / "forensics-samples")
+    for cand in (os.environ.get("COFE_MOVIE_HELLO"), "/" + REAL_CLIP_MEMBER, cache / REAL_CLIP_MEMBER):
+        if cand and Path(cand).is_file():
+            return Path(cand)
+    if not download or shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        return None
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run(
+            ["apt-get", "download", "forensics-samples-files"], cwd=cache, check=True, capture_output=True, timeout=300
+        )
+        debs = sorted(cache.glob("forensics-samples-files_*.deb"))
+        subprocess.run(["dpkg", "-x", str(debs[-1]), str(cache)], check=True, capture_output=True, timeout=300)
+    except (subprocess.SubprocessError, OSError, IndexError):
+        return None
+    path = cache / REAL_CLIP_MEMBER
+    return path if path.is_file() else None
