@@ -31,10 +31,20 @@ class InceptionFeatures(nn.Module):
         transform_input: torchvision's input re-mapping; ``True`` whenever its ImageNet weights are used
             (and therefore in ConsisID's protocol).
         device: Compute device.
+        input_size: Resize side (the protocol's 299; InceptionV3 accepts >= 75, smaller only for fast tests).
     """
 
-    def __init__(self, weights: str | Path | None = None, transform_input: bool = True, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        transform_input: bool = True,
+        device: str = "cpu",
+        input_size: int = INPUT_SIZE,
+    ) -> None:
         super().__init__()
+        if input_size < 75:
+            raise ValueError(f"InceptionV3 needs inputs of at least 75x75 pixels, got input_size={input_size}")
+        self.input_size = int(input_size)
         # init_weights=False: torchvision's truncated-normal init is slow and irrelevant for loaded or test weights.
         net = inception_v3(weights=None, aux_logits=True, transform_input=transform_input, init_weights=False)
         if weights is not None:

@@ -87,15 +87,16 @@ def faceless_frames(num_frames: int = 12, size: int = 160, seed: int = 0) -> np.
     return np.stack([base[t * 4 : t * 4 + size, t * 4 : t * 4 + size] for t in range(num_frames)])
 
 
-def random_inception(seed: int = 0, calibrate_on: np.ndarray | None = None) -> InceptionFeatures:
+def random_inception(seed: int = 0, calibrate_on: np.ndarray | None = None, input_size: int = 299) -> InceptionFeatures:
     """InceptionV3 with random weights whose batch-norm statistics are set from ``calibrate_on`` crops.
 
     Plain random init makes the 2048-d pool features vanish or explode; recomputing every BN layer's running
     mean and variance on a few images (one training-mode pass, ``momentum=None``) keeps them of unit scale, so
-    that different faces give different features, as with the real network.
+    that different faces give different features, as with the real network. ``input_size < 299`` makes it
+    faster for tests.
     """
     torch.manual_seed(seed)
-    model = InceptionFeatures(None)
+    model = InceptionFeatures(None, input_size=input_size)
     if calibrate_on is None:
         rng = np.random.default_rng(seed)
         calibrate_on = rng.integers(0, 255, (8, 224, 224, 3), dtype=np.uint8)

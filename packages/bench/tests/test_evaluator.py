@@ -1,0 +1,140 @@
+"""The evaluator on face videos made from real photos (insightface's t1.jpg): both protocols, bad inputs."""
+
+import numpy as np
+import pytest
+
+from cofe_bench import BenchConfig, Evaluator, ManifestItem
+from cofe_bench.testing import faceless_frames, moving_face_frames, tiny_clip, write_video
+from cofe_encoders.align import norm_crop
+
+NUM_FRAMES = 4  # fewer than the protocol's 16 to keep the tests fast; sampling itself is tested in test_protocol
+
+
+@pytest.fixture(scope="module")
+def models(analyzer, sface, curricular, inception, tmp_path_factory):
+    return {
+        "analyzer": analyzer,
+        "identity": sface,
+        "curricularface": curricular,
+        "inception": inception,
+        "clip": tiny_clip(tmp_path_factory.mktemp("clip")),
+    }
+
+
+def make(models, protocol: str) -> Evaluator:
+    return Evaluator(BenchConfig.from_name(protocol, num_frames=NUM_FRAMES), **models)
+
+
+@pytest.fixture(scope="module")
+def cofe(models):
+    return make(models, "cofe")
+
+
+@pytest.fixture(scope="module")
+def consisid(models):
+    return make(models, "consisid")
+
+
+@pytest.fixture(scope="module")
+def ref_p0(cofe, faces):
+    return cofe.reference(faces["p0"])
+
+
+def test_same_identity_beats_other_identity(cofe, faces, ref_p0):
+    same = cofe.score_frames(moving_face_frames(faces["p0"], 8), ref_p0, "a person")
+    other = cofe.score_frames(moving_face_frames(faces["p3"], 8), ref_p0, "a person")
+    assert same.metrics["detection_rate"] == 1.0
+    # SFace: same person 0.6-0.95, different people <= 0.30 (STACK.md, encoders README)
+    assert same.metrics["facesim_arc"] > 0.6 > 0.35 > other.metrics["facesim_arc"]
+    assert same.metrics["fid"] < other.metrics["fid"]
+    assert 0.0 <= other.metrics["facesim_cur"] <= 1.0
+    assert same.metrics["id_frame_sim"] > 0.8
+    assert same.fake_features.shape == (NUM_FRAMES, 2048)
+
+
+def test_facesim_equals_direct_computation(cofe, analyzer, sface, curricular, inception, faces, ref_p0):
+    frames = moving_face_frames(faces["p0"], 8)
+    res = cofe.score_frames(frames, ref_p0, "a person")
+    ref_face = analyzer.analyze(faces["p0"], embed=False)[0]
+    ref_arc = sface.encode([faces["p0"]], kps5=[ref_face.kps5]).pooled[0].numpy()
+    ref_cur = curricular.embed([norm_crop(faces["p0"], ref_face.kps5, size=224)])[0]
+    ref_inc = inception.features([norm_crop(faces["p0"], ref_face.kps5, size=224)])[0]
+    arcs, curs, fids = [], [], []
+    for i in np.linspace(0, len(frames) - 1, NUM_FRAMES, dtype=int):
+        face = analyzer.analyze(frames[i], embed=False)[0]
+        emb = sface.encode([frames[i]], kps5=[face.kps5]).pooled[0].numpy()
+        crop = norm_crop(frames[i], face.kps5, size=224)
+        arcs.append(max(0.0, float(emb @ ref_arc / np.linalg.norm(emb) / np.linalg.norm(ref_arc))))
+        curs.append(max(0.0, float(curricular.embed([crop])[0] @ ref_cur)))
+        fids.append(float(np.sum((inception.features([crop])[0] - ref_inc) ** 2)))
+    assert res.metrics["facesim_arc"] == pytest.approx(np.mean(arcs), abs=1e-5)
+    assert res.metrics["facesim_cur"] == pytest.approx(np.mean(curs), abs=1e-5)
+    assert res.metrics["fid"] == pytest.approx(np.mean(fids), rel=1e-4)
+
+
+def test_protocols_on_frames_without_faces(cofe, consisid, faces, ref_p0):
+    moving = moving_face_frames(faces["p0"], NUM_FRAMES)
+    blank = faceless_frames(NUM_FRAMES)
+    frames = np.stack([moving[i] if i % 2 == 0 else blank[i] for i in range(NUM_FRAMES)])
+    a = consisid.score_frames(frames, ref_p0, "a person")
+    b = cofe.score_frames(frames, ref_p0, "a person")
+    assert a.metrics["detection_rate"] == b.metrics["detection_rate"] == 0.5
+    # consisid: mean over face frames; cofe: face-less frames count as 0
+    assert b.metrics["facesim_arc"] == pytest.approx(0.5 * a.metrics["facesim_arc"], rel=1e-6)
+    assert b.metrics["facesim_cur"] == pytest.approx(0.5 * a.metrics["facesim_cur"], rel=1e-6)
+    assert a.metrics["fid"] == pytest.approx(b.metrics["fid"])  # both over face frames
+    # CLIP: consisid feeds BGR frames, cofe RGB
+    assert a.metrics["clipscore"] != pytest.approx(b.metrics["clipscore"], abs=1e-6)
+
+
+def test_faceless_video(cofe, consisid, ref_p0):
+    frames = faceless_frames(8)
+    a = consisid.score_frames(frames, ref_p0, "a person")
+    b = cofe.score_frames(frames, ref_p0, "a person")
+    assert a.metrics["facesim_arc"] == 0.0 and a.metrics["fid"] == 0.0  # ConsisID returns 0.0 for both
+    assert b.metrics["facesim_arc"] == 0.0 and b.metrics["fid"] is None and b.metrics["detection_rate"] == 0.0
+    assert "no_face_in_video" in b.issues
+
+
+def test_static_copy_has_no_motion(cofe, faces, ref_p0):
+    static = cofe.score_frames(np.stack([faces["p0"]] * 8), ref_p0, "a person")
+    moving = cofe.score_frames(moving_face_frames(faces["p0"], 8), ref_p0, "a person")
+    assert static.metrics["motion"] < 1e-6 < 0.005 < moving.metrics["motion"]
+    assert static.metrics["facesim_arc"] > 0.99 and static.metrics["id_frame_sim"] > 0.999
+
+
+def test_yaw_of_generated_frames(cofe, faces, ref_p0):
+    res = cofe.score_frames(moving_face_frames(faces["p4"], 8, angle=5), ref_p0, "a person")
+    yaws = [f.yaw for f in res.frames]
+    assert all(-65 < y < -35 for y in yaws), yaws  # p4 looks ~45-50 degrees to the side
+    assert {cofe.config.yaw_bin(y) for y in yaws} == {"30-60"}
+
+
+def test_bad_inputs_are_recorded(cofe, faces, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(faces["p0"]).save(tmp_path / "ref.png")
+    Image.fromarray(faceless_frames(1)[0]).save(tmp_path / "noface.png")
+    write_video(moving_face_frames(faces["p0"], 6), tmp_path / "ok.mp4")
+    (tmp_path / "broken.mp4").write_bytes(b"\x00not a video")
+    ref = str(tmp_path / "ref.png")
+    cases = {
+        "missing": ManifestItem("missing", ref, "p", video="missing.mp4"),
+        "broken": ManifestItem("broken", ref, "p", video="broken.mp4"),
+        "refnoface": ManifestItem("refnoface", str(tmp_path / "noface.png"), "p", video="ok.mp4"),
+        "refmissing": ManifestItem("refmissing", str(tmp_path / "gone.png"), "p", video="ok.mp4"),
+        "ok": ManifestItem("ok", ref, "p", video="ok.mp4", first_frame=ref),
+    }
+    results = {k: cofe.evaluate(item, tmp_path) for k, item in cases.items()}
+    assert {k: r.status for k, r in results.items()} == {
+        "missing": "video_missing",
+        "broken": "video_unreadable",
+        "refnoface": "reference_no_face",
+        "refmissing": "reference_missing",
+        "ok": "ok",
+    }
+    assert "broken.mp4" in results["broken"].error
+    assert results["refnoface"].metrics["facesim_arc"] is None
+    assert results["refnoface"].metrics["detection_rate"] == 1.0  # the video itself is still measured
+    assert results["ok"].real_features.shape == (2, 2048)  # reference + first frame
+    assert results["ok"].metrics["facesim_arc"] > 0.6

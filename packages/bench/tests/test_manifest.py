@@ -1,0 +1,101 @@
+"""Manifest I/O and the VIP / LaFID-Bench-style set builders."""
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cofe_bench import BenchConfig, ManifestItem, build_lafid_manifest, build_vip_manifest, read_manifest
+from cofe_bench.manifest import write_manifest
+from cofe_bench.testing import faceless_frames, write_video
+
+
+def test_roundtrip_and_relative_paths(tmp_path):
+    items = [
+        ManifestItem("a", "refs/a.png", "a prompt", first_frame="first/a.png", video="a.mp4", extra={"yaw_bin": "x"}),
+        ManifestItem("b", "/abs/b.png", "b prompt"),
+    ]
+    path = write_manifest(items, tmp_path / "m" / "manifest.jsonl")
+    back = read_manifest(path)
+    assert back[0].reference == str(tmp_path / "m" / "refs" / "a.png")
+    assert back[0].first_frame == str(tmp_path / "m" / "first" / "a.png")
+    assert back[0].extra == {"yaw_bin": "x"} and back[0].video_name == "a.mp4"
+    assert back[1].reference == "/abs/b.png" and back[1].video_name == "b.mp4" and back[1].first_frame is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"id": "a", "reference": "r.png"}\n', r"m\.jsonl:1: missing field\(s\) \['prompt'\]"),
+        ('{"id": "a", "reference": "r", "prompt": ""}\n{"id": "a", "reference": "r", "prompt": ""}\n', "2: duplicate"),
+        ("\n[1, 2]\n", r"m\.jsonl:2: expected a JSON object"),
+        ("{nope\n", r"m\.jsonl:1: not valid JSON"),
+    ],
+)
+def test_manifest_errors_name_file_and_line(tmp_path, text, message):
+    (tmp_path / "m.jsonl").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_manifest(tmp_path / "m.jsonl")
+
+
+def test_vip_layout(tmp_path, faces):
+    root = tmp_path / "vip"
+    for ident, face in (("0001", faces["p0"]), ("0002", faces["p3"])):
+        (root / ident).mkdir(parents=True)
+        Image.fromarray(face).save(root / ident / "portrait.jpg")
+        for k in range(1, 6):
+            (root / ident / f"prompt{k}.txt").write_text(f"person {ident} does thing {k}\n")
+    (root / "empty").mkdir()
+    items = build_vip_manifest(root, tmp_path / "vip.jsonl")
+    assert len(items) == 10 and items[0].id == "0001_p1" and items[-1].id == "0002_p5"
+    back = read_manifest(tmp_path / "vip.jsonl")
+    assert back[6].prompt == "person 0002 does thing 2" and back[6].video_name == "0002_p2.mp4"
+    assert back[6].reference == str(tmp_path / "vip" / "0002" / "portrait.jpg")
+    with pytest.raises(ValueError, match="no identity folder"):
+        build_vip_manifest(root / "empty", tmp_path / "x.jsonl")
+
+
+def _shard(path, samples, tmp_path):
+    with tarfile.open(path, "w") as tar:
+        for key, meta, ref in samples:
+            video = write_video(faceless_frames(3, 32), tmp_path / f"{key}.mp4").read_bytes()
+            buf = io.BytesIO()
+            Image.fromarray(ref).save(buf, format="PNG")
+            for ext, data in (("mp4", video), ("json", json.dumps(meta).encode()), ("ref.png", buf.getvalue())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_lafid_builder_identity_disjoint_and_balanced(tmp_path):
+    ref = np.zeros((112, 112, 3), np.uint8)
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(12):
+        peak = [10, 45, 75][i % 3]  # max |yaw| of the clip decides its bin
+        yaws = [float(rng.uniform(-5, 5)), float(peak * (1 if i % 2 else -1))]
+        meta = {
+            "faces": [{"frame": f, "yaw": y} for f, y in enumerate(yaws)],
+            "identity_cluster": f"id{i % 6}",  # two clips per identity
+            "caption": f"clip {i}",
+            "source": "test",
+        }
+        samples.append((f"clip{i:03d}", meta, ref))
+    _shard(tmp_path / "s0.tar", samples[:6], tmp_path)
+    _shard(tmp_path / "s1.tar", samples[6:], tmp_path)
+    out = tmp_path / "lafid"
+    items = build_lafid_manifest(
+        [tmp_path / "s0.tar", tmp_path / "s1.tar"], out, exclude_clusters=["id0"], per_bin=1, config=BenchConfig()
+    )
+    clusters = [it.extra["identity_cluster"] for it in items]
+    assert "id0" not in clusters and len(set(clusters)) == len(clusters)  # disjoint from training, one per identity
+    assert [it.extra["yaw_bin"] for it in items] == ["|yaw|<30", "30-60", ">60"]
+    back = read_manifest(out / "manifest.jsonl")
+    for it in back:
+        assert (out / "refs" / f"{it.id}.png").is_file() and (out / "real" / f"{it.id}.mp4").is_file()
+        assert np.asarray(Image.open(it.first_frame)).shape == (32, 32, 3)
+    with pytest.raises(FileNotFoundError, match=r"missing\.tar"):
+        build_lafid_manifest([tmp_path / "missing.tar"], out)
