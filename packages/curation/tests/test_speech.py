@@ -19,6 +19,8 @@ from cofe_curation.synth import tone
         ("A man says hello to the viewers.", True, "A man says hello to the viewers."),
         ("", True, "The person is speaking."),
         ("A chef slices onions.", False, "A chef slices onions."),
+        ("A person is talking while turning their head.", False, "A person is turning their head."),
+        ("Talking, a man waves.", False, ""),
     ],
 )
 def test_rule_based_rewriter(caption, speaking, expected):

@@ -21,6 +21,8 @@ _SPEECH = (
 _SPEECH_RE = re.compile(rf"\b(?:{_SPEECH})\b", re.IGNORECASE)
 # "... while talking to the camera" -> "... while looking at the camera": keeps the gaze, drops the claim.
 _TO_CAMERA_RE = re.compile(rf"\b(?:{_SPEECH})\s+(?:to|into|at)\s+the\s+camera\b", re.IGNORECASE)
+# "is talking (to her friend) while turning" -> "is turning": drops a speech verb phrase joined to another action.
+_JOINED_RE = re.compile(rf"\b(?:{_SPEECH})\b(?:\s+[\w']+){{0,3}}?\s+(?:and|while|as)\s+", re.IGNORECASE)
 _SENTENCE_RE = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -52,6 +54,7 @@ class RuleBasedRewriter:
                 caption += "."
             return f"{caption} {self.speaking_sentence}".strip()
         caption = _TO_CAMERA_RE.sub("looking at the camera", caption)
+        caption = _JOINED_RE.sub("", caption)
         kept = []
         for sentence in _SENTENCE_RE.split(caption):
             if not _SPEECH_RE.search(sentence):
@@ -60,7 +63,7 @@ class RuleBasedRewriter:
             # Drop only the clause that claims speech when the sentence has other clauses.
             clauses = re.split(r",\s*|\s+(?:and|while|as)\s+", sentence)
             rest = [c for c in clauses if c and not _SPEECH_RE.search(c)]
-            if rest and len(rest) < len(clauses) and len(rest[0].split()) >= 3:
+            if rest and rest[0] is clauses[0] and len(rest[0].split()) >= 3:
                 text = ", ".join(c.rstrip(".!?") for c in rest)
                 kept.append(text + ".")
         return " ".join(kept).strip()

@@ -1,0 +1,80 @@
+import json
+import tarfile
+
+import numpy as np
+
+from cofe_curation import ClipResult, InputResult, ShardWriter, done_sources, finalize
+
+
+def _result(source: str, n_kept: int, emb: np.ndarray | None = None, rejected: int = 0) -> InputResult:
+    clips = []
+    for i in range(n_kept):
+        ann = {"yaw_range": 30.0, "id_consistency": 0.8, "speaking": False, "speech_ratio": 0.0}
+        ann.update(face_ratio=0.1, num_frames=4, identity_cluster=-1, faces=[{"frame": 0, "yaw": 10.0 * i}])
+        e = emb if emb is not None else np.ones(4, np.float32) / 2
+        clips.append(ClipResult(f"{source}_{i:03d}", i, i + 1, "kept", "write", "kept", ann, e, b"mp4", b"png"))
+    for i in range(rejected):
+        clips.append(ClipResult(f"{source}_r{i}", 0, 1, "rejected", "faces", "no face detected"))
+    decision = "kept" if n_kept else "rejected"
+    return InputResult(source, decision, "test", clips=clips, duration=2.0)
+
+
+def test_commit_protocol_survives_a_kill(tmp_path):
+    writer = ShardWriter(tmp_path, rank=0, max_clips=2)
+    writer.add(_result("a", 1))
+    writer.add(_result("b", 1))  # 2 clips: shard 0 committed
+    writer.add(_result("c", 0, rejected=1))
+    writer.add(_result("d", 1))  # shard 1 is open (tar.tmp) when the process dies: no close()
+    shards = tmp_path / "shards"
+    assert sorted(p.name for p in shards.iterdir()) == [
+        "rank0-000000.manifest.json",
+        "rank0-000000.tar",
+        "rank0-000001.tar.tmp",
+    ]
+    assert done_sources(tmp_path) == {"a", "b"}
+    # A tar renamed whose manifest never landed (killed between the two renames) is not committed either.
+    (shards / "rank0-000007.tar").write_bytes(b"")
+    again = ShardWriter(tmp_path, rank=0, max_clips=2)
+    assert sorted(p.name for p in shards.iterdir()) == ["rank0-000000.manifest.json", "rank0-000000.tar"]
+    assert again.index == 1
+    for source in ("c", "d"):  # the rerun processes only what is not done
+        again.add(_result(source, 0 if source == "c" else 1, rejected=int(source == "c")))
+    again.close()
+    assert done_sources(tmp_path) == {"a", "b", "c", "d"}
+    with tarfile.open(shards / "rank0-000001.tar") as tar:
+        assert tar.getnames() == ["d_000.mp4", "d_000.json", "d_000.ref.png"]
+
+
+def test_rank_files_are_independent(tmp_path):
+    ShardWriter(tmp_path, rank=1, max_clips=1).add(_result("x", 1))
+    (tmp_path / "shards" / "rank0-000000.tar.tmp").write_bytes(b"")  # another rank's open shard
+    ShardWriter(tmp_path, rank=1)
+    assert (tmp_path / "shards" / "rank0-000000.tar.tmp").exists()  # rank 1 leaves rank 0's files alone
+
+
+def test_finalize_clusters_across_shards_and_writes_outputs(tmp_path):
+    a, b = np.array([1, 0, 0, 0], np.float32), np.array([0, 1, 0, 0], np.float32)
+    for rank, (source, emb) in enumerate([("p1", a), ("p2", b), ("p1again", a * 0.9 + b * 0.1)]):
+        writer = ShardWriter(tmp_path, rank=rank, max_clips=8)
+        writer.add(_result(source, 1, emb))
+        writer.close()
+    ShardWriter(tmp_path, rank=3).add(_result("nothing", 0, rejected=2))
+    report = finalize(tmp_path, cluster_threshold=0.5)
+    ShardWriter(tmp_path, rank=3).close()
+    lines = [json.loads(x) for x in (tmp_path / "data.jsonl").read_text().splitlines()]
+    clusters = {x["source"]: x["identity_cluster"] for x in lines}
+    assert clusters["p1"] == clusters["p1again"] != clusters["p2"]
+    assert report["identities"] == 2
+    for line in lines:  # the shard JSON carries the run-wide cluster id
+        with tarfile.open(tmp_path / line["shard"]) as tar:
+            ann = json.loads(tar.extractfile(f"{line['key']}.json").read())
+        assert ann["identity_cluster"] == line["identity_cluster"]
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["counts"]["clips_kept"] == 3 and saved["counts"]["inputs"] == 3
+    assert all("embedding" not in c for rec in saved["inputs"] for c in rec["clips"])
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {
+        "yaw_hist.png",
+        "yaw_range_hist.png",
+        "rejects_per_stage.png",
+    }
+    assert finalize(tmp_path, 0.5)["identities"] == 2  # idempotent
