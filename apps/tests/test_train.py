@@ -87,12 +87,84 @@ def test_precompute_records_bad_samples_and_continues(tmp_path, curated_shards):
     assert {r["key"] for r in reasons} == {"broken", "noref"} and all(r["reason"] for r in reasons)
 
 
+def _fit_here(tmp: Path, shards: list[str], *extra: str, monkeypatch) -> None:
+    """`cofe fit` in this process (no second start-up of Lightning and MLflow)."""
+    from cofe_apps.train import main as fit_main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    monkeypatch.chdir(tmp)
+    fit_main(
+        [
+            "--config",
+            TINY,
+            "--data.train_shards",
+            json.dumps(shards),
+            "--trainer.default_root_dir",
+            str(tmp / "fit"),
+            "--trainer.enable_progress_bar",
+            "false",
+            *extra,
+        ]
+    )
+
+
 @pytest.mark.slow
-def test_fit_mlflow_resume_and_sample(tmp_path, train_shards):
-    _fit(tmp_path, train_shards, "--trainer.max_steps", "4", "--checkpoint.every_n_train_steps", "2")
+def test_fit_killed_resume_mlflow_and_sample(tmp_path, train_shards, monkeypatch):
+    """End to end: fit in a process that is SIGKILLed after its step-4 checkpoint; resume from it (no optimiser
+    step lost or repeated); the MLflow run holds metrics, config, versions, weights and checkpoints; sample from the
+    checkpoint to a playable mp4 logged in the run."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONWARNINGS": "ignore"}
+    cmd = [
+        COFE,
+        "fit",
+        "--config",
+        TINY,
+        "--data.train_shards",
+        json.dumps(train_shards),
+        "--trainer.max_steps",
+        "100000",
+        "--checkpoint.every_n_train_steps",
+        "2",
+        "--trainer.default_root_dir",
+        str(tmp_path / "fit"),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 400
+    try:
+        while not list((tmp_path / "fit").rglob("*step=6.ckpt")):  # step 4 is complete once step 6 is being made
+            assert proc.poll() is None, f"training exited before it was killed: {proc.stderr.read()[-3000:]}"
+            assert time.time() < deadline, "no checkpoint after 400 s"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    ckpt = sorted((tmp_path / "fit").rglob("*step=4.ckpt"))[0]
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 4 and saved["ema"]
+
+    _fit_here(
+        tmp_path,
+        train_shards,
+        "--trainer.max_steps",
+        "8",
+        "--checkpoint.every_n_train_steps",
+        "2",
+        "--ckpt_path",
+        str(ckpt),
+        monkeypatch=monkeypatch,
+    )
+    last = sorted((tmp_path / "fit").rglob("*step=8.ckpt"))[0]
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 8
+    assert {int(s["step"]) for s in state["optimizer_states"][0]["state"].values()} == {8}  # 4 before + 4 after
+    assert state["lr_schedulers"][0]["last_epoch"] == 8
+    assert any(not torch.equal(state["ema"][k], saved["ema"][k]) for k in saved["ema"])  # the EMA went on
+
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("cofe")
-    (run,) = client.search_runs([exp.experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("cofe").experiment_id], order_by=["start_time DESC"])
+    run = runs[0]  # the resumed run
     for metric in (
         "train/loss",
         "train/grad_norm",
@@ -102,37 +174,22 @@ def test_fit_mlflow_resume_and_sample(tmp_path, train_shards):
         "gates/block00/identity",
     ):
         assert metric in run.data.metrics, metric
-    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 4
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [4, 5, 6, 7]
     assert run.data.params["version/cofe-dit"] == __import__("cofe_dit").__version__
     assert run.data.params["git_revision"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "weights", "gates"} <= artifacts
     config = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
-    assert "max_steps: 4" in Path(config).read_text()
+    assert "max_steps: 8" in Path(config).read_text()
     weights = {a.path for a in client.list_artifacts(run.info.run_id, "weights")}
     assert weights == {"weights/trained.safetensors", "weights/trained_ema.safetensors"}
 
-    # Resume from the step-2 checkpoint up to step 6: same step count, optimiser and EMA state carried over.
-    ckpts = sorted((tmp_path / "fit").rglob("*step=2.ckpt"))
-    assert ckpts, list((tmp_path / "fit").rglob("*.ckpt"))
-    state2 = torch.load(ckpts[0], map_location="cpu", weights_only=False)
-    assert state2["global_step"] == 2 and state2["ema"]
-    _fit(tmp_path, train_shards, "--trainer.max_steps", "6", "--ckpt_path", str(ckpts[0]))
-    last = sorted((tmp_path / "fit").rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)[-1]
-    state6 = torch.load(last, map_location="cpu", weights_only=False)
-    assert state6["global_step"] == 6
-    opt = state6["optimizer_states"][0]["state"]
-    assert {int(s["step"]) for s in opt.values()} == {6}  # 2 steps before + 4 after: none lost or repeated
-    assert state6["lr_schedulers"][0]["last_epoch"] == 6
-
-    # Sample from the checkpoint, with the EMA weights, into a playable mp4 logged to the run.
     from skimage import data
 
-    face = data.astronaut()[20:240, 120:340]
-    Image.fromarray(face).resize((112, 112)).save(tmp_path / "ref.png")
-    Image.fromarray(data.astronaut()[:256, 100:356]).save(tmp_path / "first.png")
     from cofe_apps.sample import main as sample_main
 
+    Image.fromarray(data.astronaut()[20:240, 120:340]).resize((112, 112)).save(tmp_path / "ref.png")
+    Image.fromarray(data.astronaut()[:256, 100:356]).save(tmp_path / "first.png")
     out = tmp_path / "sample.mp4"
     code = sample_main(
         [
@@ -162,44 +219,6 @@ def test_fit_mlflow_resume_and_sample(tmp_path, train_shards):
     frames, fps = read_mp4(out)
     assert code == 0 and frames.shape == (9, 64, 64, 3) and fps == 16
     assert "samples" in {a.path for a in client.list_artifacts(run.info.run_id)}
-
-
-@pytest.mark.slow
-def test_killed_run_resumes_without_losing_steps(tmp_path, train_shards):
-    """SIGKILL a training process after its step-4 checkpoint, resume from it: steps continue at 5."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONWARNINGS": "ignore"}
-    cmd = [
-        COFE,
-        "fit",
-        "--config",
-        TINY,
-        "--data.train_shards",
-        json.dumps(train_shards),
-        "--trainer.max_steps",
-        "100000",
-        "--checkpoint.every_n_train_steps",
-        "2",
-        "--trainer.default_root_dir",
-        str(tmp_path / "fit"),
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    try:
-        while not list((tmp_path / "fit").rglob("*step=6.ckpt")):  # step 4 is complete once step 6 is being made
-            assert proc.poll() is None, "training exited before it was killed"
-            assert time.time() < deadline, "no checkpoint after 300 s"
-            time.sleep(0.2)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    ckpt = sorted((tmp_path / "fit").rglob("*step=4.ckpt"))[0]
-    _fit(tmp_path, train_shards, "--trainer.max_steps", "8", "--ckpt_path", str(ckpt))
-    last = sorted((tmp_path / "fit").rglob("*step=8.ckpt"))[0]
-    state = torch.load(last, map_location="cpu", weights_only=False)
-    assert state["global_step"] == 8
-    assert {int(s["step"]) for s in state["optimizer_states"][0]["state"].values()} == {8}
 
 
 @pytest.mark.slow
@@ -271,17 +290,18 @@ def test_uneven_shards_over_ranks_is_an_error(train_shards):
         dm.pipeline(rank=0, world_size=2)
 
 
-def test_config_typo_names_the_key(tmp_path, train_shards):
-    proc = _fit(tmp_path, train_shards, "--model.lerning_rate", "0.1", check=False)
-    assert proc.returncode != 0 and "lerning_rate" in proc.stderr
+def test_config_typo_names_the_key(tmp_path, train_shards, monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        _fit_here(tmp_path, train_shards, "--model.lerning_rate", "0.1", monkeypatch=monkeypatch)
+    assert "lerning_rate" in capsys.readouterr().err
 
 
-def test_checkpoint_of_another_preset_is_a_clear_error(tmp_path, train_shards):
-    from cofe_dit import DiT, DiTConfig, save
+def test_checkpoint_of_another_preset_is_a_clear_error(tmp_path, train_shards, monkeypatch):
+    from cofe_dit import CheckpointError, DiT, DiTConfig, save
 
     save(DiT(DiTConfig.from_name("tiny-i2v")), tmp_path / "i2v")
-    proc = _fit(tmp_path, train_shards, "--model.dit_weights", str(tmp_path / "i2v"), check=False)
-    assert proc.returncode != 0 and "CheckpointError" in proc.stderr and "different architecture" in proc.stderr
+    with pytest.raises(CheckpointError, match="different architecture: model_type=i2v"):
+        _fit_here(tmp_path, train_shards, "--model.dit_weights", str(tmp_path / "i2v"), monkeypatch=monkeypatch)
 
 
 def _npy(arr: np.ndarray) -> bytes:
