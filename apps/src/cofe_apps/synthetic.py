@@ -1,0 +1,98 @@
+"""Small curated-format datasets built from a real photograph, for tests, benchmarks and the CPU demo.
+
+The photograph is Grace Hopper's portrait that ships inside matplotlib (``mpl-data/sample_data``), a real face
+available offline wherever the apps are installed. Clips pan and zoom across it so the face moves in frame; the
+shard samples follow DESIGN.md section 3 (key.mp4, key.json, key.ref.png), with annotations that are plausible
+placeholders (no curation is run here; `cofe curate` produces real ones).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from cofe_apps.video import write_mp4
+
+# The face in grace_hopper.jpg (600 x 512), as the offline detector finds it: x0, y0, x1, y1.
+HOPPER_FACE = (183, 120, 353, 333)
+
+
+def hopper() -> np.ndarray:
+    """Grace Hopper's portrait, ``(600, 512, 3)`` uint8 RGB."""
+    from matplotlib import cbook
+
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        return np.asarray(Image.open(f).convert("RGB"))
+
+
+def reference_crop(image: np.ndarray | None = None, size: int = 112) -> np.ndarray:
+    """A square crop around the face, resized to ``size``: ``(size, size, 3)`` uint8."""
+    image = hopper() if image is None else image
+    x0, y0, x1, y1 = HOPPER_FACE
+    c, half = ((x0 + x1) // 2, (y0 + y1) // 2), max(x1 - x0, y1 - y0) // 2 + 10
+    crop = image[max(0, c[1] - half) : c[1] + half, max(0, c[0] - half) : c[0] + half]
+    return np.asarray(Image.fromarray(crop).resize((size, size), Image.BICUBIC))
+
+
+def make_curated_shards(
+    folder: str | Path, shards: int = 2, per_shard: int = 3, frames: int = 9, size: int = 64
+) -> list[str]:
+    """Write ``shards`` curated WebDataset shards of ``per_shard`` clips each; returns their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    img = hopper()
+    buf = io.BytesIO()
+    Image.fromarray(reference_crop(img)).save(buf, format="PNG")
+    ref_png = buf.getvalue()
+    paths = []
+    for s in range(shards):
+        path = folder / f"{s:03d}.tar"
+        with wds.TarWriter(str(path)) as sink:
+            for i in range(per_shard):
+                key = f"clip{s:03d}_{i:03d}"
+                clip = []
+                for t in range(frames):
+                    side = 360 - 6 * t - 10 * s  # zoom in while panning right
+                    x0, y0 = 60 + 3 * t + 8 * i, 40 + 4 * s
+                    crop = img[y0 : y0 + side, x0 : x0 + side]
+                    clip.append(np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR)))
+                tmp = folder / f"{key}.mp4"
+                write_mp4(np.stack(clip), tmp, fps=8)
+                meta = {
+                    "fps": 8,
+                    "num_frames": frames,
+                    "width": size,
+                    "height": size,
+                    "caption": f"a woman in a naval uniform, take {i}",
+                    "caption_refined": f"a woman in a naval uniform looks at the camera, take {i}",
+                    "speaking": False,
+                    "speech_ratio": 0.0,
+                    "faces": [
+                        {
+                            "frame": t,
+                            "bbox": [16, 8, 48, 48],
+                            "kps5": [[26, 24], [38, 24], [32, 31], [27, 38], [37, 38]],
+                            "score": 0.9,
+                            "yaw": 0.0,
+                            "pitch": 0.0,
+                            "roll": 0.0,
+                        }
+                        for t in range(frames)
+                    ],
+                    "face_ratio": 0.4,
+                    "yaw_range": 0.0,
+                    "id_consistency": 1.0,
+                    "identity_cluster": 0,
+                    "source": "matplotlib:grace_hopper.jpg",
+                }
+                sink.write(
+                    {"__key__": key, "mp4": tmp.read_bytes(), "json": json.dumps(meta).encode(), "ref.png": ref_png}
+                )
+                tmp.unlink()
+        paths.append(str(path))
+    return paths
