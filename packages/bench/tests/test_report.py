@@ -60,4 +60,4 @@ def test_aggregate_bins_and_counts(tmp_path):
     assert json.loads(files["json"].read_text())["per_item"][2]["status"] == "video_missing"
     assert files["facesim_arc_by_yaw"].stat().st_size > 1000
     flat = flat_metrics(report)
-    assert {"facesim_arc", "facesim_arc/yaw_yawlt30", "facesim_arc/yaw_30-60", "problems/video_missing"} <= set(flat)
+    assert {"facesim_arc", "facesim_arc/yaw_lt30", "facesim_arc/yaw_30-60", "problems/video_missing"} <= set(flat)

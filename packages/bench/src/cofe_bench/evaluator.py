@@ -352,7 +352,7 @@ class Evaluator:
             "id_frame_sim": _mean(sims),
             "id_drift": float(np.mean(arcs[:q]) - np.mean(arcs[-q:])) if len(arcs) >= 2 else None,
             "motion": motion,
-            "yaw_abs_median": _mean([]) if not face else float(np.median([abs(r.yaw) for r in face])),
+            "yaw_abs_median": float(np.median([abs(r.yaw) for r in face])) if face else None,
         }
 
     def _model(self, key: str):

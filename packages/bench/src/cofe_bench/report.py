@@ -171,10 +171,14 @@ def write_report(report: dict, results: Sequence[ItemResult], out_dir: str | Pat
 
 
 def flat_metrics(report: dict) -> dict[str, float]:
-    """``{"facesim_arc": .., "facesim_arc/|yaw|<30": .., "problems/video_missing": ..}`` for MLflow."""
+    """``{"facesim_arc": .., "facesim_arc/yaw_lt30": .., "problems/video_missing": ..}`` for MLflow.
+
+    MLflow metric names allow letters, digits, ``_-./`` and spaces: bin ``|yaw|<30`` becomes ``yaw_lt30``,
+    ``30-60`` becomes ``yaw_30-60``, ``>60`` becomes ``yaw_gt60``.
+    """
     out = {k: v for k, v in report["overall"].items() if v is not None}
     for label, row in report["per_bin"].items():
-        safe = label.replace("|", "").replace("<", "lt").replace(">", "gt")
+        safe = label.replace("|yaw|", "").replace("<", "lt").replace(">", "gt")
         out.update({f"{k}/yaw_{safe}": v for k, v in row.items() if v is not None})
     out.update({f"problems/{k}": v for k, v in report["problems"].items()})
     out["items"], out["scored"] = report["items"], report["scored"]
