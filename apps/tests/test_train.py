@@ -321,3 +321,28 @@ def test_gpu_configs_parse(config, capsys):
     assert info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "FSDPStrategy" in printed and "DiTBlock" in printed and "bf16-mixed" in printed
+
+
+def test_raw_clip_mode_trains_from_curated_shards(tmp_path, curated_shards, train_shards):
+    """Raw mode decodes curated clips to the bucket and the module encodes them with the recorded components."""
+    dm = ShardDataModule(curated_shards, batch_size=2, shuffle_buffer=0, mode="raw", frames=9, height=64, width=64)
+    batch = next(iter(dm.pipeline()))
+    assert batch["video"].shape == (2, 3, 9, 64, 64) and batch["video"].abs().max() <= 1
+    assert len(batch["ref"]) == 2 and batch["ref"][0].shape == (112, 112, 3)
+    from cofe_apps.module import CoFEModule
+
+    module = CoFEModule(
+        dit_overrides={"text_dim": 16},
+        cofe_overrides={"experts": EXPERTS},
+        freeze="full",
+        components=str(Path(train_shards[0]).parent / "config.json"),
+        text_len=16,
+    )
+    loss, extra = module(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and extra["gates"].shape == (2, 2, 3)
+    with pytest.raises(ValueError, match="needs CoFEModule\\(components="):
+        CoFEModule(dit_overrides={"text_dim": 16}, cofe_overrides={"experts": EXPERTS}, freeze="full")(batch)
+
+
+EXPERTS = {"identity": [128, "mlp"], "semantic": [64, "perceiver"], "detail": [48, "perceiver"]}

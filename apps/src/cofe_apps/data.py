@@ -101,6 +101,41 @@ class DecodePrecomputed:
         return out
 
 
+class DecodeRaw:
+    """A curated sample (key.mp4, key.json, key.ref.png) -> frames cropped to the bucket, reference face, caption."""
+
+    def __init__(self, counter: SkipCounter, frames: int, height: int, width: int, stride: int):
+        self.counter = counter
+        self.frames, self.height, self.width, self.stride = frames, height, width, stride
+
+    def __call__(self, sample: dict) -> dict:
+        from PIL import Image
+
+        from cofe_apps.precompute import decode_clip
+
+        key = sample.get("__key__", "?")
+        missing = [p for p in ("mp4", "json", "ref.png") if p not in sample]
+        if missing:
+            raise ValueError(f"sample {key!r} ({sample.get('__url__', '?')}) lacks {missing}: is it a curated shard?")
+        video = decode_clip(sample["mp4"], self.frames, self.height, self.width, self.stride)  # (3, F, H, W)
+        ref = np.asarray(Image.open(io.BytesIO(sample["ref.png"])).convert("RGB"))
+        meta = json.loads(sample["json"])
+        self.counter.good += 1
+        return {"__key__": key, "video": video, "ref": ref, "meta": meta}
+
+
+class CollateRaw:
+    """Stack raw samples: ``video (B, 3, F, H, W)`` in [-1, 1], reference faces and captions as lists."""
+
+    def __call__(self, samples: list[dict]) -> dict:
+        return {
+            "keys": [s["__key__"] for s in samples],
+            "video": torch.stack([s["video"] for s in samples]),
+            "ref": [s["ref"] for s in samples],
+            "caption": [s["meta"].get("caption_refined") or s["meta"].get("caption", "") for s in samples],
+        }
+
+
 class Collate:
     """Stack a list of decoded samples into a batch; text is zero-padded to ``text_len``."""
 
@@ -142,6 +177,9 @@ class ShardDataModule(L.LightningDataModule):
         text_len: text tokens per sample after padding (the DiT's ``text_len``).
         max_bad_fraction: fail when more than this fraction of read samples is broken.
         seed: shuffling / resampling seed.
+        mode: ``precomputed`` (training shards of ``cofe precompute``) or ``raw`` (curated shards: clips are decoded
+            here and encoded by the module, which then needs ``components``).
+        frames, height, width, stride: the bucket of ``raw`` mode (1 + 4k frames, sizes multiple of 16).
     """
 
     def __init__(
@@ -155,8 +193,15 @@ class ShardDataModule(L.LightningDataModule):
         text_len: int = 512,
         max_bad_fraction: float = 0.1,
         seed: int = 0,
+        mode: str = "precomputed",
+        frames: int = 17,
+        height: int = 64,
+        width: int = 64,
+        stride: int = 1,
     ):
         super().__init__()
+        if mode not in ("precomputed", "raw"):
+            raise ValueError(f"mode must be 'precomputed' or 'raw', got {mode!r}")
         self.save_hyperparameters()
         self.counter = SkipCounter(max_bad_fraction)
 
@@ -183,9 +228,14 @@ class ShardDataModule(L.LightningDataModule):
         stages += [wds.split_by_worker, wds.tarfile_to_samples(handler=self.counter)]
         if hp.shuffle_buffer > 0:  # before decoding: the buffer holds compressed bytes, not arrays
             stages.append(wds.shuffle(hp.shuffle_buffer, initial=min(hp.shuffle_buffer, 16), seed=hp.seed + rank))
+        if hp.mode == "raw":
+            decode = DecodeRaw(self.counter, hp.frames, hp.height, hp.width, hp.stride)
+            collate = CollateRaw()
+        else:
+            decode, collate = DecodePrecomputed(self.counter), Collate(hp.text_len)
         stages += [
-            wds.map(DecodePrecomputed(self.counter), handler=self.counter),
-            wds.batched(hp.batch_size, collation_fn=Collate(hp.text_len), partial=False),
+            wds.map(decode, handler=self.counter),
+            wds.batched(hp.batch_size, collation_fn=collate, partial=False),
         ]
         pipe = wds.DataPipeline(*stages)
         if hp.resampled:

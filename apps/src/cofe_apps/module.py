@@ -49,6 +49,9 @@ class CoFEModule(L.LightningModule):
         gradient_checkpointing: recompute each DiT block in the backward pass.
         log_gates_every: steps between per-block gate-weight logs.
         record_keys: a folder where each rank appends the sample keys it trained on (for tests / audits).
+        components: for raw-clip batches (``ShardDataModule(mode="raw")``): the ``config.json`` of
+            ``cofe precompute`` naming the VAE, text encoder and experts, encoded here on the fly (frozen).
+        text_len: text tokens after padding in raw mode.
     """
 
     def __init__(
@@ -73,6 +76,8 @@ class CoFEModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         log_gates_every: int = 10,
         record_keys: str | None = None,
+        components: str | None = None,
+        text_len: int = 512,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -97,6 +102,7 @@ class CoFEModule(L.LightningModule):
                     stacklevel=2,
                 )
             freeze_dit_for_cofe(self.dit)
+        self._encoders = None  # frozen components for raw batches; a plain attribute, never checkpointed
         self.ema: dict[str, Tensor] = {}
         self.last_gates: Tensor | None = None
         self._t_last: float | None = None
@@ -120,7 +126,27 @@ class CoFEModule(L.LightningModule):
             tokens = [t * keep for t in tokens]  # dropped samples see zero tokens
         return tokens, out.gates
 
+    @torch.no_grad()
+    def encode_raw(self, batch: dict) -> dict:
+        """Raw-clip batch -> the precomputed fields (latent, txt, id, sem, det) with the frozen components."""
+        if self._encoders is None:
+            if not self.hparams.components:
+                raise ValueError("a raw-clip batch needs CoFEModule(components=<cofe precompute config.json>)")
+            from cofe_apps.precompute import Precomputer
+            from cofe_apps.sample import Components
+
+            comp = Components.from_json(self.hparams.components)
+            self._encoders = Precomputer.from_components(comp, str(self.device))
+        enc = self._encoders
+        out = {"keys": batch["keys"], "latent": enc.vae.encode(batch["video"]).to(self.device)}
+        out["txt"] = enc.text.encode_padded(batch["caption"]).to(self.device)[:, : self.hparams.text_len]
+        feats = enc.experts.encode(batch["ref"])
+        out.update({k: torch.from_numpy(v.astype("float32")).to(self.device) for k, v in feats.items()})
+        return out
+
     def forward(self, batch: dict, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+        if "video" in batch:
+            batch = self.encode_raw(batch)
         x0 = batch["latent"].float()  # (B, C, F, H, W)
         b = x0.shape[0]
         ctx = batch["txt"].float()  # (B, T, text_dim)

@@ -95,6 +95,11 @@ class Precomputer:
         self.text = TextEncoder(cfg.text, device)
         self.experts = FaceExperts(cfg.experts, device)
 
+    @classmethod
+    def from_components(cls, components, device: str = "cpu") -> Precomputer:
+        """Only the frozen components (for encoding raw clips during training)."""
+        return cls(PrecomputeConfig(vae=components.vae, text=components.text, experts=components.experts), device)
+
     def process(self, sample: dict) -> dict:
         key = sample["__key__"]
         for part in ("mp4", "json", "ref.png"):
