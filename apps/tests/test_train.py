@@ -274,10 +274,13 @@ def test_loader_skips_and_counts_broken_samples(tmp_path, train_shards):
             }
         )
         sink.write({"__key__": "partial", "json": b"{}", "latent.npy": b"garbage"})
-    dm = ShardDataModule([str(good), str(broken)], batch_size=1, shuffle_buffer=0, text_len=16, max_bad_fraction=0.5)
+    missing = tmp_path / "missing.tar"
+    dm = ShardDataModule(
+        [str(good), str(broken), str(missing)], batch_size=1, shuffle_buffer=0, text_len=16, max_bad_fraction=0.5
+    )
     with pytest.warns(UserWarning, match="skipping a broken sample"):
         batches = list(dm.pipeline())
-    assert len(batches) == 3 and dm.counter.bad == 2 and dm.counter.good == 3
+    assert len(batches) == 3 and dm.counter.bad == 3 and dm.counter.good == 3  # nan, partial, missing shard
     strict = ShardDataModule([str(broken)] * 12, batch_size=1, shuffle_buffer=0, text_len=16, max_bad_fraction=0.1)
     with pytest.raises(TooManyBadSamples, match=r"more than max_bad_fraction=0\.1"), pytest.warns(UserWarning):
         list(strict.pipeline())
