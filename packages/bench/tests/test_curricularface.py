@@ -69,3 +69,30 @@ def test_embedding_matches_consisid_inference():
     ours = model.embed([crop])[0]
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
     assert model.embed([]).shape == (0, 512)
+
+
+@pytest.mark.slow
+def test_inception_loads_torchvision_weights_and_matches_consisid_pipeline(tmp_path):
+    """Same weights through ConsisID's pipeline: torchvision inception_v3 as its ImageNet weights build it
+    (transform_input=True), fc = Identity, PIL Resize((299, 299)) + ToTensor."""
+    from PIL import Image
+    from torchvision import models, transforms
+
+    from cofe_bench import InceptionFeatures
+
+    torch.manual_seed(0)
+    net = models.inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=False)
+    torch.save(net.state_dict(), tmp_path / "inception.pth")
+    ours = InceptionFeatures(tmp_path / "inception.pth")
+    assert ours.net.transform_input
+    net.fc = torch.nn.Identity()
+    net.eval()
+    crop = np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    x = transforms.ToTensor()(transforms.Resize((299, 299))(Image.fromarray(crop))).unsqueeze(0)
+    with torch.no_grad():
+        ref = net(x).double().numpy()
+    np.testing.assert_allclose(ours.features([crop]), ref, rtol=1e-5, atol=1e-6)
+
+    torch.save({"fc.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match=r"bad\.pth is not a torchvision inception_v3 state dict"):
+        InceptionFeatures(tmp_path / "bad.pth")

@@ -154,7 +154,10 @@ class Evaluator:
         """
         from cofe_encoders import build_expert
 
-        kwargs = {"model_dir": model_dir} if backend == "insightface" else {}
+        kwargs = {}
+        if backend == "insightface":
+            # ConsisID prepares FaceAnalysis with det_size=(320, 320); cofe keeps insightface's 640 (smaller faces).
+            kwargs = {"model_dir": model_dir, "det_size": (320, 320) if config.protocol == "consisid" else (640, 640)}
         analyzer = build_face_analyzer(backend, **kwargs)
         if arcface is None:
             identity = None
