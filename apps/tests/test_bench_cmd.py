@@ -55,6 +55,7 @@ def test_bench_then_compare(bench_set, tmp_path, monkeypatch, capsys):
         "reference_missing": 0,
         "reference_unreadable": 0,
         "reference_no_face": 1,
+        "evaluation_error": 0,
         "no_face_in_video": 1,
         "prompt_truncated": 0,
     }

@@ -51,3 +51,24 @@ def test_real_faces_largest_and_padding_consistent(analyzer, t1, faces):
     again = analyzer.analyze(padded, embed=False, max_faces=1)[0]
     assert np.abs(again.kps5 - [left, top] - direct.kps5).max() < 4.0
     assert detect_largest(analyzer, np.full((96, 96, 3), 90, np.uint8)) is None
+
+
+def test_unexpected_error_is_recorded_not_raised(tmp_path):
+    from PIL import Image
+
+    from cofe_bench import BenchConfig, Evaluator, ManifestItem
+    from cofe_bench.testing import faceless_frames, write_video
+
+    class Broken(FaceAnalyzer):
+        def _detect(self, image):
+            raise RuntimeError("detector exploded")
+
+        def _embed(self, image, faces):
+            pass
+
+    Image.fromarray(faceless_frames(1, 64)[0]).save(tmp_path / "ref.png")
+    write_video(faceless_frames(4, 64), tmp_path / "v.mp4")
+    res = Evaluator(BenchConfig(), Broken()).evaluate(
+        ManifestItem("v", str(tmp_path / "ref.png"), "p", video="v.mp4"), tmp_path
+    )
+    assert res.status == "evaluation_error" and "detector exploded" in res.error and "v.mp4" in res.error

@@ -29,7 +29,14 @@ from cofe_encoders.align import norm_crop
 from cofe_encoders.face import FaceAnalyzer, build_face_analyzer
 
 # Item statuses. Fatal ones leave the item without metrics; the others are recorded and the item is scored.
-FATAL = ("video_missing", "video_unreadable", "reference_missing", "reference_unreadable", "reference_no_face")
+FATAL = (
+    "video_missing",
+    "video_unreadable",
+    "reference_missing",
+    "reference_unreadable",
+    "reference_no_face",
+    "evaluation_error",  # anything unexpected while scoring one item: recorded with its message, the run goes on
+)
 METRICS = (
     "facesim_arc",
     "facesim_cur",
@@ -224,6 +231,18 @@ class Evaluator:
     # ------------------------------------------------------------------ items
     def evaluate(self, item: ManifestItem, videos_dir: str | Path) -> ItemResult:
         """Score one manifest item; problems are recorded in the result, never raised."""
+        try:
+            return self._evaluate(item, videos_dir)
+        except Exception as exc:  # a single bad item must not end a benchmark run of thousands
+            return ItemResult(
+                id=item.id,
+                protocol=self.config.protocol,
+                status="evaluation_error",
+                error=f"{type(exc).__name__}: {exc} (video {Path(videos_dir) / item.video_name})",
+                reference_key=item.reference,
+            )
+
+    def _evaluate(self, item: ManifestItem, videos_dir: str | Path) -> ItemResult:
         result = ItemResult(id=item.id, protocol=self.config.protocol, reference_key=item.reference)
         t0 = time.perf_counter()
         try:
