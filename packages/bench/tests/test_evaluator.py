@@ -99,7 +99,10 @@ def test_protocols_on_frames_without_faces(cofe, consisid, faces, ref_p0):
 def test_faceless_video(cofe, consisid, ref_p0):
     frames = faceless_frames(8)
     a = consisid.score_frames(frames, ref_p0, "a person")
-    b = cofe.score_frames(frames, ref_p0, "a person")
+    long_prompt = " ".join(["a person walks slowly through a crowded street at night"] * 10)
+    with pytest.warns(UserWarning, match="truncated to 77"):
+        b = cofe.score_frames(frames, ref_p0, long_prompt)
+    assert b.prompt_truncated and "prompt_truncated" in b.issues
     assert a.metrics["facesim_arc"] == 0.0 and a.metrics["fid"] == 0.0  # ConsisID returns 0.0 for both
     assert b.metrics["facesim_arc"] == 0.0 and b.metrics["fid"] is None and b.metrics["detection_rate"] == 0.0
     assert "no_face_in_video" in b.issues

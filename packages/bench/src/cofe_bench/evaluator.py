@@ -10,7 +10,6 @@ Per video: the motion magnitude over all decoded frames.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -317,11 +316,7 @@ class Evaluator:
         if self.clip is not None:
             cidx = clip_frame_indices(frames.shape[0], c.num_frames)
             imgs = [frames[i][..., ::-1] if c.clip_bgr else frames[i] for i in cidx]
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                scores, truncated = self.clip.score(imgs, prompt)
-            for w in caught:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            scores, truncated = self.clip.score(imgs, prompt)  # warns when the prompt is cut at 77 tokens
             result.prompt_truncated = truncated
             if truncated:
                 result.issues.append("prompt_truncated")
