@@ -339,7 +339,7 @@ def test_raw_clip_mode_trains_from_curated_shards(tmp_path, curated_shards, trai
         cofe_overrides={"experts": EXPERTS},
         freeze="full",
         components=str(Path(train_shards[0]).parent / "config.json"),
-        text_len=16,
+        raw_text_len=16,
     )
     loss, extra = module(batch)
     loss.backward()

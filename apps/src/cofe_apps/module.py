@@ -51,7 +51,7 @@ class CoFEModule(L.LightningModule):
         record_keys: a folder where each rank appends the sample keys it trained on (for tests / audits).
         components: for raw-clip batches (``ShardDataModule(mode="raw")``): the ``config.json`` of
             ``cofe precompute`` naming the VAE, text encoder and experts, encoded here on the fly (frozen).
-        text_len: text tokens after padding in raw mode.
+        raw_text_len: text tokens after padding in raw mode (the data module's ``text_len`` in precomputed mode).
     """
 
     def __init__(
@@ -77,7 +77,7 @@ class CoFEModule(L.LightningModule):
         log_gates_every: int = 10,
         record_keys: str | None = None,
         components: str | None = None,
-        text_len: int = 512,
+        raw_text_len: int = 512,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -139,7 +139,7 @@ class CoFEModule(L.LightningModule):
             self._encoders = Precomputer.from_components(comp, str(self.device))
         enc = self._encoders
         out = {"keys": batch["keys"], "latent": enc.vae.encode(batch["video"]).to(self.device)}
-        out["txt"] = enc.text.encode_padded(batch["caption"]).to(self.device)[:, : self.hparams.text_len]
+        out["txt"] = enc.text.encode_padded(batch["caption"]).to(self.device)[:, : self.hparams.raw_text_len]
         feats = enc.experts.encode(batch["ref"])
         out.update({k: torch.from_numpy(v.astype("float32")).to(self.device) for k, v in feats.items()})
         return out
