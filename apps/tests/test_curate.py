@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cofe_apps.cli import main as cofe
+from cofe_curation.pipeline import clip_key
 from cofe_curation.synth import compose, tone, write_bad_inputs, write_clip
 
 
@@ -70,10 +71,7 @@ def test_resume_after_kill_neither_loses_nor_duplicates(tmp_path, turning):
     config = tmp_path / "curate.yaml"
     config.write_text("preset: tiny\nwrite:\n  shard_max_clips: 1\n")  # one shard per kept input
 
-    reference = tmp_path / "reference"
-    assert cofe(["curate", str(inputs), "--out", str(reference), "--config", str(config), "--no-progress"]) == 0
-    expected = sorted(_keys(reference))
-    assert len(expected) == 6
+    expected = sorted(clip_key(str(inputs / f"person{i}.mp4"), 0) for i in range(6))  # one kept clip each
 
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "cofe_apps.cli", "curate", str(inputs), "--out", str(out), "--config", str(config)]

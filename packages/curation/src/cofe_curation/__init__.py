@@ -15,7 +15,7 @@ from cofe_curation.config import (
     WriteConfig,
 )
 from cofe_curation.ingest import DecodedVideo, IngestError, InputItem, decode, discover_inputs
-from cofe_curation.pipeline import ClipResult, Curator, InputResult, error_result
+from cofe_curation.pipeline import ClipResult, Curator, InputResult, Prepared, error_result
 from cofe_curation.shards import ShardWriter, done_sources, finalize
 
 __version__ = "0.1.0"
@@ -32,6 +32,7 @@ __all__ = [
     "IngestError",
     "InputItem",
     "InputResult",
+    "Prepared",
     "RuleBasedRewriter",
     "ShardWriter",
     "ShotConfig",

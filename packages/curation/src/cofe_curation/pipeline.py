@@ -23,9 +23,9 @@ from cofe_curation.faces import check_faces, detect_faces, face_stats, track_mai
 from cofe_curation.identity import check_identity, clip_embedding, embed_track, id_consistency
 from cofe_curation.ingest import DecodedVideo
 from cofe_curation.media import encode_mp4, read_clip
-from cofe_curation.shots import shot_clips
+from cofe_curation.shots import ClipSpan, shot_clips
 from cofe_curation.speech import decide_speaking, mouth_motion, speech_ratio, speech_segments
-from cofe_encoders.face import FaceAnalyzer, build_face_analyzer, reference_crop
+from cofe_encoders.face import Face, FaceAnalyzer, build_face_analyzer, reference_crop
 
 STAGES = ("ingest", "shots", "faces", "identity", "speech", "write")
 
@@ -124,6 +124,15 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+@dataclass
+class Prepared:
+    """Output of :meth:`Curator.prepare`: clip spans, faces per sampled frame, and the seconds spent."""
+
+    spans: list[ClipSpan]
+    detections: list[list[Face]]
+    seconds: dict[str, float]
+
+
 class Curator:
     """Runs stages 2-6 on decoded inputs.
 
@@ -143,13 +152,37 @@ class Curator:
         self.analyzer = analyzer or build_face_analyzer("offline", score_threshold=self.cfg.faces.min_score)
         self.rewriter = rewriter or build_rewriter(self.cfg.speech.rewriter, self.cfg.speech.speaking_sentence)
 
-    def process(self, video: DecodedVideo) -> InputResult:
-        """Curate one decoded input (never raises on bad content: the result says why it was rejected)."""
+    def prepare(self, video: DecodedVideo) -> Prepared:
+        """Shot split and face detection on every sampled frame of the clips (the per-frame work).
+
+        Runs wherever is convenient: ``cofe curate`` runs it in its DataLoader workers next to decoding, so the
+        rank's main process only tracks, embeds, listens and writes.
+        """
         cfg = self.cfg
-        seconds: dict[str, float] = defaultdict(float)
         tic = time.perf_counter()
         spans = shot_clips(video.frames, video.times, video.duration, cfg.ingest.sample_fps, cfg.shots)
-        seconds["shots"] += time.perf_counter() - tic
+        seconds = {"shots": time.perf_counter() - tic}
+        tic = time.perf_counter()
+        needed = sorted({i for s in spans for i in range(s.start, s.stop)})
+        detections: list = [[] for _ in range(len(video.frames))]
+        if needed:
+            found = detect_faces(self.analyzer, video.frames[needed], cfg.faces.min_score)
+            for i, faces in zip(needed, found, strict=True):
+                detections[i] = faces
+        seconds["faces"] = time.perf_counter() - tic
+        return Prepared(spans, detections, seconds)
+
+    def process(self, video: DecodedVideo, prepared: Prepared | None = None) -> InputResult:
+        """Curate one decoded input (never raises on bad content: the result says why it was rejected).
+
+        Args:
+            video: The decoded input.
+            prepared: The result of :meth:`prepare` if it already ran (elsewhere); computed here otherwise.
+        """
+        cfg = self.cfg
+        prepared = prepared or self.prepare(video)
+        spans, detections = prepared.spans, prepared.detections
+        seconds: dict[str, float] = defaultdict(float, prepared.seconds)
         result = InputResult(video.source, "rejected", "", list(video.notes), duration=video.duration)
         result.frames = len(video.frames)
         if not spans:
@@ -158,15 +191,6 @@ class Curator:
             )
             result.seconds = dict(seconds)
             return result
-
-        tic = time.perf_counter()
-        needed = sorted({i for s in spans for i in range(s.start, s.stop)})
-        detections: list = [[] for _ in range(len(video.frames))]
-        for i, faces in zip(
-            needed, detect_faces(self.analyzer, video.frames[needed], cfg.faces.min_score), strict=True
-        ):
-            detections[i] = faces
-        seconds["faces"] += time.perf_counter() - tic
 
         segments = None
         for ci, span in enumerate(spans):
