@@ -188,7 +188,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--devices", default="1", help="Lightning devices (processes on CPU)")
     parser.add_argument("--num-nodes", type=int, default=1)
     parser.add_argument("--accelerator", default="cpu", help="cpu (default) or auto")
-    parser.add_argument("--workers", type=int, default=1, help="DataLoader decoding workers per rank")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="DataLoader workers per rank (decoding, shots, face detection)"
+    )
     parser.add_argument(
         "--worker-start", default="spawn", choices=["spawn", "forkserver", "fork"], help="how workers start"
     )

@@ -78,7 +78,7 @@ def _git_rev() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--inputs", type=int, default=12, help="composed inputs (plus the real clip if available)")
-    parser.add_argument("--workers", type=int, default=1, help="DataLoader decoding workers")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (decode, shots, detection)")
     parser.add_argument("--threads", type=int, default=2, help="torch / OpenCV threads of the main process")
     parser.add_argument("--no-real", action="store_true", help="leave out movie-hello.mp4")
     args = parser.parse_args(argv)
@@ -114,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         del videos
 
         # 2. The pipeline.
-        # The first item only starts the worker (spawn, imports, model loading), as at the start of a long run;
-        # timing starts when it arrives. The same worker then prepares every input.
+        # The first item per worker only starts it (spawn, imports, model loading), as at the start of a long run;
+        # timing starts when they have arrived.
+        warm = max(args.workers, 1)
         loader = DataLoader(
-            _Prepare(items[:1] + items, cfg),
+            _Prepare(items[:1] * warm + items, cfg),
             batch_size=1,
             num_workers=args.workers,
             collate_fn=_first,
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         writer = ShardWriter(tmp / "out", 0, cfg.write.shard_max_clips)
         batches = iter(loader)
         start = time.perf_counter()
-        next(batches)
+        for _ in range(warm):
+            next(batches)
         worker_start = time.perf_counter() - start
         tic = time.perf_counter()
         kept = 0
