@@ -76,6 +76,17 @@ class SplitByNode:
                 yield item
 
 
+def expand_shards(items: str | list[str]) -> list[str]:
+    """Shard paths from brace patterns (``a-{000..009}.tar``), shell globs (``shards/*.tar``) or lists of them."""
+    import glob
+
+    urls: list[str] = []
+    for item in [items] if isinstance(items, str) else list(items):
+        for url in wds.shardlists.expand_urls(item):
+            urls.extend(sorted(glob.glob(url)) if any(c in url for c in "*?[") else [url])
+    return urls
+
+
 def _npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
@@ -206,10 +217,7 @@ class ShardDataModule(L.LightningDataModule):
         self.counter = SkipCounter(max_bad_fraction)
 
     def _urls(self) -> list[str]:
-        shards = self.hparams.train_shards
-        urls: list[str] = []
-        for item in [shards] if isinstance(shards, str) else list(shards):
-            urls.extend(wds.shardlists.expand_urls(item))
+        urls = expand_shards(self.hparams.train_shards)
         if not urls:
             raise ValueError("ShardDataModule.train_shards is empty: give shard paths or a brace pattern")
         return urls

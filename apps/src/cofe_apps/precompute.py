@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cofe_apps.components import ExpertsSpec, FaceExperts, TextEncoder, TextSpec, VAESpec, WanVAE
+from cofe_apps.data import expand_shards
 
 
 @dataclass
@@ -128,7 +129,9 @@ def precompute(inputs: list[str], out: str | Path, cfg: PrecomputeConfig, device
     """Process every input shard not yet done. Returns counts."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shards = sorted({u for item in inputs for u in wds.shardlists.expand_urls(item)})
+    shards = sorted(set(expand_shards(list(inputs))))
+    if not shards:
+        raise FileNotFoundError(f"no input shards match {list(inputs)}")
     todo = [s for s in shards if not (out / Path(s).name).exists()]
     log(f"precompute: {len(shards)} input shards, {len(shards) - len(todo)} already done")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))

@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -196,6 +197,8 @@ def trainer_defaults() -> dict:
 def main(argv: list[str]) -> int:
     """`cofe fit --config FILE [overrides]` (any LightningCLI ``fit`` argument)."""
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    # `args` and sys.argv agree here (sys.argv must stay: Lightning relaunches it for the other DDP ranks).
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     CoFECLI(
         CoFEModule,
         ShardDataModule,
