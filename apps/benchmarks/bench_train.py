@@ -7,7 +7,6 @@ samples/s of `cofe sample`. Target: loader / memory >= 0.9 (the loader is never 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -20,16 +19,10 @@ from cofe_apps.module import CoFEModule
 from cofe_apps.precompute import PrecomputeConfig, precompute
 from cofe_apps.sample import Components, Sampler
 from cofe_apps.synthetic import hopper, make_curated_shards, reference_crop
+from cofe_apps.train import git_revision
 from cofe_dit import SamplerConfig
 
 EXPERTS = {"identity": [128, "mlp"], "semantic": [64, "perceiver"], "detail": [48, "perceiver"]}
-
-
-def git_revision() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:

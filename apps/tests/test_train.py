@@ -36,21 +36,16 @@ def _precompute(curated: list[str], out: Path) -> list[str]:
     return sorted(str(p) for p in out.glob("*.tar"))
 
 
-def _fit(tmp: Path, shards: list[str], *extra: str, check=True, **popen) -> subprocess.CompletedProcess:
+def _fit_cmd(tmp: Path, shards: list[str], *extra: str) -> tuple[list[str], dict]:
+    """The `cofe fit` command line on the tiny config, and its environment (MLflow store in ``tmp``)."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "PYTHONWARNINGS": "ignore"}
-    cmd = [
-        COFE,
-        "fit",
-        "--config",
-        TINY,
-        "--data.train_shards",
-        json.dumps(shards),
-        "--trainer.default_root_dir",
-        str(tmp / "fit"),
-        "--trainer.enable_progress_bar",
-        "false",
-        *extra,
-    ]
+    cmd = [COFE, "fit", "--config", TINY, "--data.train_shards", json.dumps(shards), "--trainer.default_root_dir",
+           str(tmp / "fit"), "--trainer.enable_progress_bar", "false", *extra]  # fmt: skip
+    return cmd, env
+
+
+def _fit(tmp: Path, shards: list[str], *extra: str, check=True) -> subprocess.CompletedProcess:
+    cmd, env = _fit_cmd(tmp, shards, *extra)
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=500)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -113,28 +108,16 @@ def test_fit_killed_resume_mlflow_and_sample(tmp_path, train_shards, monkeypatch
     """End to end: fit in a process that is SIGKILLed after its step-4 checkpoint; resume from it (no optimiser
     step lost or repeated); the MLflow run holds metrics, config, versions, weights and checkpoints; sample from the
     checkpoint to a playable mp4 logged in the run."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONWARNINGS": "ignore"}
-    cmd = [
-        COFE,
-        "fit",
-        "--config",
-        TINY,
-        "--data.train_shards",
-        json.dumps(train_shards),
-        "--trainer.max_steps",
-        "100000",
-        "--checkpoint.every_n_train_steps",
-        "2",
-        "--trainer.default_root_dir",
-        str(tmp_path / "fit"),
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cmd, env = _fit_cmd(
+        tmp_path, train_shards, "--trainer.max_steps", "100000", "--checkpoint.every_n_train_steps", "2"
+    )
+    log = tmp_path / "killed.log"  # a file, not a pipe: an unread pipe that fills up would block the child
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.time() + 400
     try:
         while not list((tmp_path / "fit").rglob("*step=6.ckpt")):  # step 4 is complete once step 6 is being made
-            assert proc.poll() is None, f"training exited before it was killed: {proc.stderr.read()[-3000:]}"
+            assert proc.poll() is None, f"training exited before it was killed: {log.read_text()[-3000:]}"
             assert time.time() < deadline, "no checkpoint after 400 s"
             time.sleep(0.2)
     finally:
