@@ -19,7 +19,7 @@ from PIL import Image
 
 from cofe_apps.components import ExpertsSpec, TextSpec, VAESpec
 from cofe_apps.data import ShardDataModule, TooManyBadSamples
-from cofe_apps.precompute import PrecomputeConfig, precompute
+from cofe_apps.precompute import PrecomputeConfig, npy_bytes, precompute
 from cofe_apps.video import read_mp4
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -253,7 +253,7 @@ def test_loader_skips_and_counts_broken_samples(tmp_path, train_shards):
             {
                 "__key__": "nan",
                 "json": b"{}",
-                **{f"{a}.npy": _npy(np.full(3, np.nan)) for a in ("latent", "txt", "id", "sem", "det")},
+                **{f"{a}.npy": npy_bytes(np.full(3, np.nan)) for a in ("latent", "txt", "id", "sem", "det")},
             }
         )
         sink.write({"__key__": "partial", "json": b"{}", "latent.npy": b"garbage"})
@@ -287,14 +287,6 @@ def test_checkpoint_of_another_preset_is_a_clear_error(tmp_path, train_shards, m
     save(DiT(DiTConfig.from_name("tiny-i2v")), tmp_path / "i2v")
     with pytest.raises(CheckpointError, match="different architecture: model_type=i2v"):
         _fit_here(tmp_path, train_shards, "--model.dit_weights", str(tmp_path / "i2v"), monkeypatch=monkeypatch)
-
-
-def _npy(arr: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
 
 
 @pytest.mark.parametrize("config", ["wan2.1-t2v-1.3b-cofe.yaml", "wan2.2-ti2v-5b-cofe.yaml"])

@@ -23,7 +23,6 @@ import json
 import logging
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import lightning as L
 import numpy as np
@@ -166,12 +165,6 @@ class Collate:
             "det": torch.from_numpy(np.stack([s["det"] for s in samples])),
             "caption": [s["meta"].get("caption_refined") or s["meta"].get("caption", "") for s in samples],
         }
-
-
-@dataclass
-class LoaderStats:
-    bad: int = 0
-    good: int = 0
 
 
 class ShardDataModule(L.LightningDataModule):

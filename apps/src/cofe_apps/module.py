@@ -106,7 +106,6 @@ class CoFEModule(L.LightningModule):
         self.ema: dict[str, Tensor] = {}
         self.last_gates: Tensor | None = None
         self._t_last: float | None = None
-        self._grad_norm = torch.tensor(0.0)
 
     # --------------------------------------------------------------------------------------------- model
 
@@ -144,7 +143,7 @@ class CoFEModule(L.LightningModule):
         out.update({k: torch.from_numpy(v.astype("float32")).to(self.device) for k, v in feats.items()})
         return out
 
-    def forward(self, batch: dict, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+    def forward(self, batch: dict) -> tuple[Tensor, dict]:
         if "video" in batch:
             batch = self.encode_raw(batch)
         x0 = batch["latent"].float()  # (B, C, F, H, W)

@@ -81,7 +81,8 @@ def resize_crop(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return video[..., top : top + height, left : left + width]
 
 
-def _npy(arr: np.ndarray) -> bytes:
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """An array as ``.npy`` file bytes (no pickling), as training shards store it."""
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
     return buf.getvalue()
@@ -117,11 +118,11 @@ class Precomputer:
             "__key__": key,
             "json": sample["json"],
             "ref.png": sample["ref.png"],
-            "latent.npy": _npy(latent),
-            "txt.npy": _npy(txt),
+            "latent.npy": npy_bytes(latent),
+            "txt.npy": npy_bytes(txt),
         }
         for name in ("id", "sem", "det"):
-            out[f"{name}.npy"] = _npy(feats[name][0])
+            out[f"{name}.npy"] = npy_bytes(feats[name][0])
         return out
 
 

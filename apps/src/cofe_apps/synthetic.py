@@ -16,7 +16,7 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from cofe_apps.video import write_mp4
+from cofe_curation.media import encode_mp4
 
 # The face in grace_hopper.jpg (600 x 512), as the offline detector finds it: x0, y0, x1, y1.
 HOPPER_FACE = (183, 120, 353, 333)
@@ -61,8 +61,6 @@ def make_curated_shards(
                     x0, y0 = 60 + 3 * t + 8 * i, 40 + 4 * s
                     crop = img[y0 : y0 + side, x0 : x0 + side]
                     clip.append(np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR)))
-                tmp = folder / f"{key}.mp4"
-                write_mp4(np.stack(clip), tmp, fps=8)
                 meta = {
                     "fps": 8,
                     "num_frames": frames,
@@ -90,9 +88,7 @@ def make_curated_shards(
                     "identity_cluster": 0,
                     "source": "matplotlib:grace_hopper.jpg",
                 }
-                sink.write(
-                    {"__key__": key, "mp4": tmp.read_bytes(), "json": json.dumps(meta).encode(), "ref.png": ref_png}
-                )
-                tmp.unlink()
+                mp4 = encode_mp4(np.stack(clip), fps=8)
+                sink.write({"__key__": key, "mp4": mp4, "json": json.dumps(meta).encode(), "ref.png": ref_png})
         paths.append(str(path))
     return paths

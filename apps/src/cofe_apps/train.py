@@ -97,14 +97,28 @@ class MLflowConfigSaver(SaveConfigCallback):
         logger.log_hyperparams(params)
 
 
-class TrainedWeightsExport(L.Callback):
-    """Write the trained weights (and their EMA) as safetensors every ``every_n_steps`` and at the end, into the
-    checkpoint folder and the MLflow run."""
+class _EveryNSteps(L.Callback):
+    """Runs ``_run(trainer, module)`` every ``every_n_steps`` training steps (0: never) and when training ends."""
 
     def __init__(self, every_n_steps: int = 500):
         self.every_n_steps = every_n_steps
 
-    def _export(self, trainer: L.Trainer, module: CoFEModule) -> None:
+    def _run(self, trainer: L.Trainer, module: CoFEModule) -> None:
+        raise NotImplementedError
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self._run(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._run(trainer, pl_module)
+
+
+class TrainedWeightsExport(_EveryNSteps):
+    """Write the trained weights (and their EMA) as safetensors every ``every_n_steps`` and at the end, into the
+    checkpoint folder and the MLflow run."""
+
+    def _run(self, trainer: L.Trainer, module: CoFEModule) -> None:
         if trainer.global_rank != 0:
             return
         folder = Path(trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else "checkpoints")
@@ -124,21 +138,11 @@ class TrainedWeightsExport(L.Callback):
             for path in files:
                 logger.experiment.log_artifact(logger.run_id, str(path), "weights")
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            self._export(trainer, pl_module)
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._export(trainer, pl_module)
-
-
-class GateHeatmap(L.Callback):
+class GateHeatmap(_EveryNSteps):
     """Per-block expert gate weights as a heatmap PNG in the MLflow run (every ``every_n_steps`` and at the end)."""
 
-    def __init__(self, every_n_steps: int = 500):
-        self.every_n_steps = every_n_steps
-
-    def _plot(self, trainer: L.Trainer, module: CoFEModule) -> None:
+    def _run(self, trainer: L.Trainer, module: CoFEModule) -> None:
         logger = _mlflow(trainer)
         if logger is None or trainer.global_rank != 0 or module.last_gates is None:
             return
@@ -160,13 +164,6 @@ class GateHeatmap(L.Callback):
             fig.savefig(path, dpi=100, bbox_inches="tight")
             logger.experiment.log_artifact(logger.run_id, str(path), "gates")
         plt.close(fig)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            self._plot(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._plot(trainer, pl_module)
 
 
 class CoFECLI(LightningCLI):

@@ -1,4 +1,4 @@
-"""Writing videos: H.264 mp4 through PyAV (its wheels bundle libx264)."""
+"""Writing and reading videos: H.264 mp4 through PyAV (its wheels bundle libx264)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from pathlib import Path
 
 import av
 import numpy as np
+
+from cofe_curation.media import encode_mp4
 
 
 def write_mp4(frames: np.ndarray, path: str | Path, fps: float = 16.0, crf: int = 18) -> Path:
@@ -24,16 +26,7 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: float = 16.0, crf: int 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".partial.mp4")
-    with av.open(str(tmp), mode="w") as container:
-        stream = container.add_stream("libx264", rate=round(fps))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf)}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    tmp.write_bytes(encode_mp4(frames, fps, crf=crf))
     tmp.replace(path)
     return path
 
