@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cofe_bench import BenchConfig, ManifestItem, build_lafid_manifest, build_vip_manifest, read_manifest
-from cofe_bench.manifest import write_manifest
+from cofe_bench.manifest import scan_manifest, write_manifest
 from cofe_bench.testing import faceless_frames, write_video
 
 
@@ -39,6 +39,23 @@ def test_manifest_errors_name_file_and_line(tmp_path, text, message):
     (tmp_path / "m.jsonl").write_text(text)
     with pytest.raises(ValueError, match=message):
         read_manifest(tmp_path / "m.jsonl")
+
+
+def test_scan_records_every_bad_line(tmp_path):
+    lines = [
+        '{"id": "a", "reference": "r.png", "prompt": "ok"}',
+        "{nope",
+        '{"id": "b", "prompt": "no reference"}',
+        '{"id": "a", "reference": "r.png", "prompt": "again"}',
+        "[1]",
+        '{"id": "c", "reference": "/abs/c.png", "prompt": "ok"}',
+    ]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    items, problems = scan_manifest(tmp_path / "m.jsonl")
+    assert [i.id for i in items] == ["a", "c"] and items[0].reference == str(tmp_path / "r.png")
+    assert [(p.line, p.id) for p in problems] == [(2, "m.jsonl:2"), (3, "b"), (4, "a@line4"), (5, "m.jsonl:5")]
+    assert "m.jsonl:3: missing field(s) ['reference']" in problems[1].error
+    assert len({i.id for i in items} | {p.id for p in problems}) == 6  # every line keeps a distinct id
 
 
 def test_vip_layout(tmp_path, faces):

@@ -12,17 +12,19 @@ from cofe_bench.fid import frechet_distance, gaussian_stats, pair_distance, set_
 from cofe_bench.inception import InceptionFeatures
 from cofe_bench.manifest import (
     ManifestItem,
+    ManifestProblem,
     build_lafid_manifest,
     build_vip_manifest,
     load_image_rgb,
     read_manifest,
+    scan_manifest,
     write_manifest,
 )
 from cofe_bench.protocol import BenchConfig, clip_frame_indices, face_frame_indices
 from cofe_bench.report import aggregate, flat_metrics, markdown_table, plot_by_yaw, write_report
 from cofe_bench.video import VideoError, motion_magnitude, read_video
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "METRICS",
@@ -36,6 +38,7 @@ __all__ = [
     "InceptionFeatures",
     "ItemResult",
     "ManifestItem",
+    "ManifestProblem",
     "ReferenceFeatures",
     "VideoError",
     "__version__",
@@ -57,6 +60,7 @@ __all__ = [
     "plot_by_yaw",
     "read_manifest",
     "read_video",
+    "scan_manifest",
     "set_fid",
     "write_manifest",
     "write_report",

@@ -29,6 +29,7 @@ from cofe_encoders.face import FaceAnalyzer, build_face_analyzer
 
 # Item statuses. Fatal ones leave the item without metrics; the others are recorded and the item is scored.
 FATAL = (
+    "manifest_invalid",  # a manifest line that is not a valid item (not JSON, a field missing, a repeated id)
     "video_missing",
     "video_unreadable",
     "reference_missing",
@@ -251,6 +252,7 @@ class Evaluator:
             result.error = str(exc)
             return result
         result.timings["decode"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         ref = self._reference_cached(item.reference)
         if isinstance(ref, str):
             result.status, result.error = ref, f"{ref}: {item.reference}"
@@ -266,6 +268,8 @@ class Evaluator:
             except (FileNotFoundError, ValueError) as exc:
                 result.issues.append(f"first_frame unreadable: {exc}")
         result.real_features = np.stack(real) if real else None
+        # Reference analysis runs once per reference file (cached), so it is near 0 for the later items.
+        result.timings["reference"] = time.perf_counter() - t0
         return self.score_frames(frames, ref, item.prompt, fps=fps, result=result)
 
     def score_frames(

@@ -51,38 +51,69 @@ class ManifestItem:
         return {**d, **extra}
 
 
-def read_manifest(path: str | Path) -> list[ManifestItem]:
-    """Read a JSONL manifest; relative ``reference`` / ``first_frame`` paths are resolved against its folder.
+@dataclass
+class ManifestProblem:
+    """A manifest line that cannot be turned into an item (see :func:`scan_manifest`).
+
+    Attributes:
+        line: 1-based line number in the manifest.
+        id: The line's ``id`` when it has one, else ``"<manifest name>:<line>"``; a repeated id gets
+            ``"@line<N>"`` appended, so every problem has an id no item has.
+        error: What is wrong, naming the file and line.
+    """
+
+    line: int
+    id: str
+    error: str
+
+
+def scan_manifest(path: str | Path) -> tuple[list[ManifestItem], list[ManifestProblem]]:
+    """Read a JSONL manifest leniently: the valid items, and one problem per line that is not a valid item.
+
+    A line is a problem when it is not JSON, not a JSON object, lacks ``id``, ``reference`` or ``prompt``, or
+    repeats an earlier id (the first occurrence stays an item). Relative ``reference`` / ``first_frame`` paths
+    are resolved against the manifest's folder. Whether the files exist is not checked here (the evaluator
+    records a missing reference per item).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: a line is not JSON or lacks ``id``, ``reference`` or ``prompt``; ids repeat. The message
-            names the file and line.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
-    items, seen = [], set()
+    items, problems, seen = [], [], set()
+
+    def resolve(p: str | None) -> str | None:
+        return None if p is None else str(Path(p) if Path(p).is_absolute() else path.parent / p)
+
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
+        where = f"{path}:{lineno}"
+        fallback_id = f"{path.name}:{lineno}"
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
+            problems.append(ManifestProblem(lineno, fallback_id, f"{where}: not valid JSON ({exc})"))
+            continue
         if not isinstance(obj, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            problems.append(
+                ManifestProblem(lineno, fallback_id, f"{where}: expected a JSON object, got {type(obj).__name__}")
+            )
+            continue
+        item_id = None if obj.get("id") is None else str(obj["id"])
         missing = [k for k in ("id", "reference", "prompt") if obj.get(k) is None]
         if missing:
-            raise ValueError(f"{path}:{lineno}: missing field(s) {missing}")
-        item_id = str(obj.pop("id"))
+            pid = fallback_id if item_id is None or item_id in seen else item_id
+            problems.append(ManifestProblem(lineno, pid, f"{where}: missing field(s) {missing}"))
+            if item_id is not None:
+                seen.add(item_id)  # a later line with this id must not take the place of the broken one
+            continue
         if item_id in seen:
-            raise ValueError(f"{path}:{lineno}: duplicate id {item_id!r}")
+            problems.append(ManifestProblem(lineno, f"{item_id}@line{lineno}", f"{where}: duplicate id {item_id!r}"))
+            continue
         seen.add(item_id)
-
-        def resolve(p: str | None) -> str | None:
-            return None if p is None else str(Path(p) if Path(p).is_absolute() else path.parent / p)
-
+        obj.pop("id")
         items.append(
             ManifestItem(
                 id=item_id,
@@ -93,6 +124,20 @@ def read_manifest(path: str | Path) -> list[ManifestItem]:
                 extra=obj,
             )
         )
+    return items, problems
+
+
+def read_manifest(path: str | Path) -> list[ManifestItem]:
+    """Read a JSONL manifest strictly; relative ``reference`` / ``first_frame`` paths are resolved against its folder.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a line is not JSON or lacks ``id``, ``reference`` or ``prompt``; ids repeat. The message
+            names the file and line (the first such line).
+    """
+    items, problems = scan_manifest(path)
+    if problems:
+        raise ValueError(problems[0].error)
     return items
 
 
@@ -271,9 +316,11 @@ def load_image_rgb(path: str | Path) -> np.ndarray:
 
 __all__ = [
     "ManifestItem",
+    "ManifestProblem",
     "build_lafid_manifest",
     "build_vip_manifest",
     "load_image_rgb",
     "read_manifest",
+    "scan_manifest",
     "write_manifest",
 ]
