@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,11 +131,14 @@ def test_bad_arguments(bench_set, tmp_path, capsys):
     assert "no MLflow experiment 'nothing'" in capsys.readouterr().err
 
 
-def test_two_ranks_match_one(bench_set, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp_fork", pytest.param("ddp", marks=pytest.mark.slow)])
+def test_two_ranks_match_one(bench_set, tmp_path, strategy):
     """Five items on two ranks (3 + 2, Lightning's unrepeated predict sampler): the same report as one process.
 
-    ``ddp_fork`` runs the real DDP predict loop (gloo, two processes) without a second interpreter start. A stale,
-    conflicting part from an interrupted run sits in the output folder and must be neither read nor left behind.
+    ``ddp_fork`` runs the real DDP predict loop (gloo, two processes) without a second interpreter start; ``ddp``
+    (the default, as on GPUs) starts ``cofe bench`` as a command whose rank 1 Lightning launches as a new process,
+    with the default output folder (rank 0's name must win). A stale, conflicting part from an interrupted run sits
+    in the output folder and must be neither read nor left behind.
     """
     keep = ["p0", "noface", "broken", "p3", "refblank"]  # odd, and two of them fail: each rank gets a mix
     lines = {}
@@ -149,12 +155,26 @@ def test_two_ranks_match_one(bench_set, tmp_path):
     common = ["bench", "--manifest", str(manifest), "--videos", str(bench_set / "videos"), "--num-frames", "4"]
     common += ["--no-mlflow", "--no-progress"]
 
-    two = tmp_path / "two"
-    two.mkdir()
-    stale = ItemResult(id="p0", protocol="cofe", status="evaluation_error", error="from an interrupted run")
-    (two / ".rank0-0123456789ab.pkl").write_bytes(pickle.dumps([stale]))
     assert cofe([*common, "--out", str(tmp_path / "one")]) == 0
-    assert cofe([*common, "--out", str(two), "--devices", "2", "--strategy", "ddp_fork"]) == 0
+    stale = ItemResult(id="p0", protocol="cofe", status="evaluation_error", error="from an interrupted run")
+    if strategy == "ddp_fork":
+        two = tmp_path / "two"
+        two.mkdir()
+        (two / ".rank0-0123456789ab.pkl").write_bytes(pickle.dumps([stale]))
+        (two / ".rank1-0123456789ab.pkl.tmp").write_bytes(b"half a pickle")  # a rank killed while writing
+        assert cofe([*common, "--out", str(two), "--devices", "2", "--strategy", "ddp_fork"]) == 0
+    else:
+        work = tmp_path / "work"
+        work.mkdir()
+        # Where no bytecode may be written (PYTHONDONTWRITEBYTECODE), both ranks would compile every module: let the
+        # first write a private cache that rank 1 then reads.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPYCACHEPREFIX"] = str(tmp_path / "pycache")
+        cmd = [sys.executable, "-m", "cofe_apps.cli", *common, "--devices", "2"]
+        proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (two,) = work.iterdir()  # one folder, named by rank 0, though each rank computed a default name
+        assert two.name.startswith("bench-cofe-")
 
     one_report, two_report = _comparable(tmp_path / "one" / "metrics.json"), _comparable(two / "metrics.json")
     assert [it["id"] for it in two_report["per_item"]] == keep  # each once, in manifest order

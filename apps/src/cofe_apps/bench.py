@@ -135,7 +135,7 @@ class BenchModule(L.LightningModule):
         self.out.mkdir(parents=True, exist_ok=True)
         if self.trainer.global_rank == 0:
             # Parts of an interrupted earlier run: never read (other nonce), but removed so they cannot pile up.
-            for stale in self.out.glob(".rank*.pkl"):
+            for stale in self.out.glob(".rank*.pkl*"):  # .pkl and the .pkl.tmp of a rank killed while writing
                 if self.nonce not in stale.name:
                     stale.unlink(missing_ok=True)
 
