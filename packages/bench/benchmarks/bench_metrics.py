@@ -27,10 +27,12 @@ PyAV, with a JSONL manifest. Then, measured in the same run:
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -97,6 +99,7 @@ def main() -> None:
     from cofe_encoders.face import build_face_analyzer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-metrics-"))
+    atexit.register(shutil.rmtree, tmp, True)  # the videos and cofe bench outputs, also when a check fails
     t1 = load_photo("t1.jpg")
     keys = list(T1_BOXES)
     items = []
