@@ -2,9 +2,10 @@
 
 Runs the ``cofe_curation`` stages as a Lightning predict loop, so that it scales the way training does: with
 ``--devices N`` (and ``--num-nodes``) Lightning's launcher starts the ranks, each rank takes a disjoint part of the
-inputs (``inputs[rank::world_size]``) and writes its own shards ``{out}/shards/rank{r}-{i:06d}.tar``. Decoding
-(stage 1), shot splitting and face detection run in DataLoader workers; tracking, identity, speech and writing
-run in the rank's main process, so a worker prepares the next input while the main process finishes this one.
+inputs (``inputs[rank::world_size]``) and writes its own shards ``{out}/shards/rank{r}-{i:06d}.tar``. Within a
+rank, DataLoader workers (``--workers``, one per core) each curate whole inputs with one thread, window by
+window, through every stage up to the encoded clips (``cofe_curation.input_loader``); the rank's main process
+only commits the results to shards.
 
 Resumable: inputs listed in a committed shard manifest are skipped, so a rerun after a kill continues where the
 run stopped and neither loses nor duplicates a clip (commit protocol in ``cofe_curation.shards``). After all ranks
@@ -19,71 +20,18 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from cofe_curation import (
     CurationConfig,
-    Curator,
-    DecodedVideo,
-    IngestError,
-    InputItem,
     InputResult,
-    Prepared,
     ShardWriter,
-    decode,
     discover_inputs,
     done_sources,
-    error_result,
     finalize,
+    input_loader,
+    largest_first,
 )
-
-
-class InputDataset(Dataset):
-    """Decodes one input per item (stage 1), then splits shots and detects faces (``Curator.prepare``).
-
-    Runs in DataLoader workers: the per-frame work (decoding, detection) happens there, in parallel with the
-    rank's main process, which tracks, embeds, listens and writes. Returns ``(DecodedVideo, Prepared)`` with the
-    frames as a torch tensor (shared memory between processes), or an :class:`InputResult` with the reason when
-    the input cannot be used.
-    """
-
-    def __init__(self, items: list[InputItem], cfg: CurationConfig) -> None:
-        self.items = items
-        self.cfg = cfg
-        self._curator: Curator | None = None  # one per worker process, created there on first use
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[DecodedVideo, Prepared] | InputResult:
-        item = self.items[index]
-        try:
-            video = decode(item, self.cfg.ingest)
-        except IngestError as exc:
-            return error_result(item.source, str(exc))
-        except Exception as exc:  # an unforeseen decoder failure must not stop the run: record it
-            return error_result(item.source, f"{item.source}: unexpected decoding error {type(exc).__name__}: {exc}")
-        if self._curator is None:
-            self._curator = Curator(self.cfg)
-        try:
-            prepared = self._curator.prepare(video)
-        except Exception as exc:
-            return error_result(item.source, f"{item.source}: face detection failed: {type(exc).__name__}: {exc}")
-        video.frames = torch.from_numpy(video.frames)
-        return video, prepared
-
-
-def _first(batch: list) -> tuple[DecodedVideo, Prepared] | InputResult:
-    return batch[0]
-
-
-def _one_thread(_worker_id: int) -> None:
-    # A decoding worker is one core's worth of work; more threads per worker only contend with the main process.
-    import cv2
-
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
 
 
 def _build(args: argparse.Namespace, cfg: CurationConfig):
@@ -99,39 +47,18 @@ def _build(args: argparse.Namespace, cfg: CurationConfig):
             self.skipped = len(items) - len(todo)
             if self.skipped:
                 print(f"rank {rank}: {self.skipped} of {len(items)} inputs already finished, skipped", file=sys.stderr)
-            return DataLoader(
-                InputDataset(todo, cfg),
-                batch_size=1,
-                shuffle=False,
-                num_workers=args.workers,
-                collate_fn=_first,
-                worker_init_fn=_one_thread,
-                prefetch_factor=2 if args.workers else None,
-                # Workers start fresh ("spawn"): a forked child inherits OpenCV / onnxruntime / OpenMP thread
-                # pools that the parent may have started, and can deadlock in them.
-                multiprocessing_context=args.worker_start if args.workers else None,
-            )
+            return input_loader(largest_first(todo), cfg, args.workers, args.worker_start)
 
     class CurationModule(L.LightningModule):
         def on_predict_start(self) -> None:
-            self.curator = Curator(cfg)
             self.writer = ShardWriter(args.out, self.global_rank, cfg.write.shard_max_clips)
 
-        def predict_step(self, batch: tuple[DecodedVideo, Prepared] | InputResult, batch_idx: int) -> dict:
-            if isinstance(batch, InputResult):
-                result = batch
-            else:
-                video, prepared = batch
-                video.frames = video.frames.numpy()
-                try:
-                    result = self.curator.process(video, prepared)
-                except Exception as exc:  # one broken input must not stop the run: record it and go on
-                    result = error_result(video.source, f"{video.source}: {type(exc).__name__}: {exc}")
-            self.writer.add(result)
-            return {"source": result.source, "decision": result.decision}
+        def predict_step(self, batch: InputResult, batch_idx: int) -> dict:
+            self.writer.add(batch)  # curated in a worker (see cofe_curation.loader); committed here
+            return {"source": batch.source, "decision": batch.decision}
 
         def transfer_batch_to_device(self, batch, device, dataloader_idx):
-            return batch  # curation runs on the CPU; batches hold numpy arrays and frozen dataclasses as they are
+            return batch  # curation runs on the CPU; a batch is one input's result, kept as it is
 
         def on_predict_end(self) -> None:
             self.writer.close()
@@ -189,7 +116,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--num-nodes", type=int, default=1)
     parser.add_argument("--accelerator", default="cpu", help="cpu (default) or auto")
     parser.add_argument(
-        "--workers", type=int, default=2, help="DataLoader workers per rank (decoding, shots, face detection)"
+        "--workers",
+        type=int,
+        default=2,
+        help="DataLoader workers per rank, each curating whole inputs with one thread (0: in the main process)",
     )
     parser.add_argument(
         "--worker-start", default="spawn", choices=["spawn", "forkserver", "fork"], help="how workers start"

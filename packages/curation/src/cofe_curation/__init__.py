@@ -14,11 +14,13 @@ from cofe_curation.config import (
     SpeechConfig,
     WriteConfig,
 )
-from cofe_curation.ingest import DecodedVideo, IngestError, InputItem, decode, discover_inputs
-from cofe_curation.pipeline import ClipResult, Curator, InputResult, Prepared, error_result
+from cofe_curation.ingest import DecodedVideo, IngestError, InputItem, decode, decode_windows, discover_inputs
+from cofe_curation.loader import input_loader, largest_first
+from cofe_curation.pipeline import ClipResult, Curator, InputResult, Prepared, error_result, merge_windows
+from cofe_curation.runtime import set_threads
 from cofe_curation.shards import ShardWriter, done_sources, finalize
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CaptionRewriter",
@@ -41,10 +43,15 @@ __all__ = [
     "build_rewriter",
     "curate",
     "decode",
+    "decode_windows",
     "discover_inputs",
     "done_sources",
     "error_result",
     "finalize",
+    "input_loader",
+    "largest_first",
+    "merge_windows",
+    "set_threads",
 ]
 
 
@@ -60,14 +67,8 @@ def curate(inputs, out_dir, cfg: CurationConfig | None = None, rank: int = 0, wo
     curator = Curator(cfg)
     writer = ShardWriter(out_dir, rank, cfg.write.shard_max_clips)
     for item in items:
-        if item.source in done:
-            continue
-        try:
-            video = decode(item, cfg.ingest)
-        except IngestError as exc:
-            writer.add(error_result(item.source, str(exc)))
-            continue
-        writer.add(curator.process(video))
+        if item.source not in done:
+            writer.add(curator.curate_input(item))
     writer.close()
     if world_size == 1:
         return finalize(out_dir, cfg.identity.cluster_threshold, cfg.write.plots)

@@ -22,8 +22,13 @@ class IngestConfig:
         sample_fps: Frames per second sampled for analysis (faces, pose, mouth motion). 8 fps resolves head turns
             and, at Nyquist, the 4-5 Hz syllable rate of speech (Greenberg 1999, "Speaking in shorthand").
         analysis_max_side: Sampled frames are downscaled so that their longer side is at most this (pixels).
-        max_duration_s: Only the first ``max_duration_s`` seconds of an input are analysed (memory bound:
-            frames are held in memory); longer inputs are noted in the report.
+        window_s: Inputs are decoded and analysed in consecutive windows of this many seconds, so memory does not
+            grow with the input's length: one window holds ``window_s * sample_fps`` analysis frames (60 s at
+            8 fps and 640x360: 480 frames, 330 MB). Shots and clips do not cross a window boundary (a shot that
+            does is cut there). Use a multiple of ``shots.max_clip_s`` so that long shots split as they would
+            without windows.
+        max_duration_s: Analyse only the first ``max_duration_s`` seconds of each input (``None``, the default:
+            the whole input). A capped input says so in its report notes.
         max_pixels: Inputs with more pixels per frame than this are rejected before decoding (guards memory
             against absurd resolutions; 8K UHD is 33.2 Mpx).
         audio_rate: Audio is resampled to this rate, mono float32 (silero-vad takes 8 or 16 kHz).
@@ -31,9 +36,18 @@ class IngestConfig:
 
     sample_fps: float = 8.0
     analysis_max_side: int = 640
-    max_duration_s: float = 60.0
+    window_s: float = 60.0
+    max_duration_s: float | None = None
     max_pixels: int = 7680 * 4320
     audio_rate: int = 16000
+
+    def __post_init__(self) -> None:
+        if not self.sample_fps > 0:
+            raise ValueError(f"ingest.sample_fps must be > 0, got {self.sample_fps!r}")
+        if not self.window_s >= 2.0 / self.sample_fps:
+            raise ValueError(f"ingest.window_s must hold at least two sampled frames, got {self.window_s!r} s")
+        if self.max_duration_s is not None and not self.max_duration_s > 0:
+            raise ValueError(f"ingest.max_duration_s must be > 0 or null (whole input), got {self.max_duration_s!r}")
 
 
 @dataclass

@@ -13,12 +13,14 @@ import io
 import json
 import math
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
 import numpy as np
 
+from cofe_curation import runtime
 from cofe_curation.config import VIDEO_EXTENSIONS, IngestConfig
 
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
@@ -45,22 +47,27 @@ class InputItem:
 
 @dataclass
 class DecodedVideo:
-    """One decoded input.
+    """One decoded input, or one window of it (:attr:`IngestConfig.window_s`).
 
     Attributes:
         source: Source id (see :class:`InputItem`).
         frames: ``(T, h, w, 3)`` uint8 RGB frames sampled at ``sample_fps``, upright, downscaled by ``scale``.
-        times: ``(T,)`` float64 presentation time of each sampled frame, seconds from the stream start.
+        times: ``(T,)`` float64 presentation time of each sampled frame, seconds from the input's first frame.
         scale: Analysis pixels per source pixel (``<= 1``).
         width: Source width after rotation, pixels.
         height: Source height after rotation, pixels.
         fps: Source average frame rate.
-        duration: Analysed duration, seconds.
+        duration: End of the analysed part, seconds from the first frame (the analysed duration of a whole
+            input; ``duration - start`` for a window).
         rotation: Display rotation applied, degrees counter-clockwise (0, 90, 180, 270).
-        audio: ``(N,)`` float32 mono audio at ``audio_rate``, or ``None`` when the input has no audio.
+        audio: ``(N,)`` float32 mono audio at ``audio_rate`` from ``start`` on, or ``None`` when the input has no
+            audio.
         audio_rate: Sample rate of ``audio``.
         caption: The sidecar caption ("" when there is none or it does not parse).
         notes: Things worth recording about this input that did not stop it (bad caption file, VFR, ...).
+        start: Start of this window, seconds from the first frame (0 for the first window).
+        origin: Presentation time of the input's first frame in the container, seconds (to seek to a window).
+        complete: No window follows: the input ended in this one, or ``max_duration_s`` was reached.
     """
 
     source: str
@@ -76,6 +83,9 @@ class DecodedVideo:
     audio_rate: int = 16000
     caption: str = ""
     notes: list[str] = field(default_factory=list)
+    start: float = 0.0
+    origin: float = 0.0
+    complete: bool = True
 
 
 def _is_video(path: str) -> bool:
@@ -229,21 +239,33 @@ def _upright(img: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(img, k=k)) if k else img
 
 
-def decode_audio(container: av.container.InputContainer, rate: int, max_duration: float) -> np.ndarray | None:
-    """Decode the first audio stream to mono float32 at ``rate`` Hz, or ``None`` if there is none."""
+def decode_audio(
+    container: av.container.InputContainer, rate: int, start: float, end: float | None, origin: float = 0.0
+) -> np.ndarray | None:
+    """Decode ``[start, end)`` seconds (from the first video frame) of the first audio stream to mono float32
+    at ``rate`` Hz, or ``None`` if there is none. ``end=None`` reads to the end."""
     if not container.streams.audio:
         return None
-    container.seek(0)
+    astream = container.streams.audio[0]
+    try:
+        if start > 0:  # land before `start`; the exact sample is found from the decoded frames' times
+            container.seek(max(0, int((origin + start - 0.5) / astream.time_base)), stream=astream, backward=True)
+        else:
+            container.seek(0)
+    except av.FFmpegError:
+        container.seek(0)
     resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
     chunks = []
     total = 0
-    limit = int(max_duration * rate)
+    first = None  # time of the first decoded sample, seconds from the first video frame
     try:
-        for frame in container.decode(audio=0):
+        for frame in container.decode(astream):
+            if first is None:
+                first = float(frame.time) - origin if frame.time is not None and start > 0 else 0.0
             for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().reshape(-1))
                 total += chunks[-1].size
-            if total >= limit:
+            if end is not None and first + total / rate >= end:
                 break
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray().reshape(-1))
@@ -251,15 +273,29 @@ def decode_audio(container: av.container.InputContainer, rate: int, max_duration
         pass  # a truncated audio track: keep what decoded
     if not chunks:
         return np.zeros(0, np.float32)
-    return np.concatenate(chunks)[:limit].astype(np.float32)
+    audio = np.concatenate(chunks)
+    offset = round((start - (first or 0.0)) * rate)
+    if offset < 0:  # the audio starts after `start`: silence until it does
+        audio, offset = np.concatenate([np.zeros(-offset, np.float32), audio]), 0
+    stop = None if end is None else offset + round((end - start) * rate)
+    return audio[offset:stop].astype(np.float32)
 
 
-def decode(item: InputItem, cfg: IngestConfig) -> DecodedVideo:
-    """Decode one input: frames sampled at ``cfg.sample_fps``, upright and downscaled, plus its audio.
+def decode(item: InputItem, cfg: IngestConfig, start: float = 0.0, origin: float | None = None) -> DecodedVideo:
+    """Decode one window of an input: ``cfg.window_s`` seconds from ``start``, frames sampled at ``cfg.sample_fps``,
+    upright and downscaled, plus its audio. :func:`decode_windows` gives all windows of an input.
+
+    Args:
+        item: The input.
+        cfg: Ingest settings.
+        start: Window start, seconds from the input's first frame.
+        origin: ``DecodedVideo.origin`` of the input's first window (needed when ``start > 0``: the decoder
+            seeks to the window).
 
     Raises:
         IngestError: the input is missing, empty, not media, has no video stream, is too large or has no
             decodable frame. The message names the input.
+        EOFError: ``start > 0`` is at or after the end of the input.
     """
     caption, caption_problem = read_caption(item.caption_source)
     notes = [caption_problem] if caption_problem else []
@@ -274,24 +310,40 @@ def decode(item: InputItem, cfg: IngestConfig) -> DecodedVideo:
             raise IngestError(f"{item.source}: video stream has no frame size")
         fps = float(stream.average_rate or stream.guessed_rate or 0.0) or 25.0
         stream.thread_type = "AUTO"
+        if runtime.threads() is not None:
+            stream.codec_context.thread_count = runtime.threads()
         step = 1.0 / cfg.sample_fps
+        cap = math.inf if cfg.max_duration_s is None else cfg.max_duration_s
+        end = min(start + cfg.window_s, cap)
+        if start > 0 and origin is not None:
+            try:  # to the keyframe before the window
+                container.seek(int((origin + start) / stream.time_base), stream=stream, backward=True)
+            except av.FFmpegError as exc:
+                raise IngestError(f"{item.source}: cannot seek to {start:.2f} s ({type(exc).__name__}: {exc})") from exc
         frames, times = [], []
-        next_t = -math.inf
+        next_t = start - 1e-6
         rotation = 0
-        t0 = None
-        last_t = 0.0
+        t0 = origin
+        last_t = start
         pts_gaps = []
+        complete = True
         try:
             for idx, frame in enumerate(container.decode(stream)):
                 t = float(frame.time) if frame.time is not None else idx / fps
                 if t0 is None:
                     t0 = t
-                    rotation = round(getattr(frame, "rotation", 0) or 0) % 360
+                rotation = round(getattr(frame, "rotation", 0) or 0) % 360
                 t -= t0
+                if t < start - 1e-6:
+                    continue  # between the keyframe and the window
                 pts_gaps.append(t - last_t)
                 last_t = t
-                if t > cfg.max_duration_s:
-                    notes.append(f"only the first {cfg.max_duration_s:g} s were analysed")
+                if t >= end - 1e-6:
+                    if end >= cap:
+                        total = f" of {container.duration / av.time_base:.1f} s" if container.duration else ""
+                        notes.append(f"only the first {cap:g} s{total} were analysed (ingest.max_duration_s)")
+                    else:
+                        complete = False  # another window follows
                     break
                 if t + 1e-6 < next_t:
                     continue
@@ -304,20 +356,22 @@ def decode(item: InputItem, cfg: IngestConfig) -> DecodedVideo:
             if not frames:
                 raise IngestError(f"{item.source}: video does not decode ({type(exc).__name__}: {exc})") from exc
             notes.append(f"decoding stopped at {last_t:.2f} s: {type(exc).__name__}: {exc}")
+            complete = True
         if not frames:
+            if start > 0:  # the previous window ended exactly at the end of the input
+                raise EOFError(f"{item.source}: no frames after {start:.2f} s")
             raise IngestError(f"{item.source}: no decodable video frames")
         gaps = np.asarray(pts_gaps[1:])
         if gaps.size > 2 and float(gaps.std()) > 0.1 * float(np.median(gaps)):
             notes.append("variable frame rate: sampled by timestamps")
-        audio = decode_audio(container, cfg.audio_rate, cfg.max_duration_s)
+        duration = end if not complete else min(max(last_t + 1.0 / fps, times[-1] + step), end)
+        audio = decode_audio(container, cfg.audio_rate, start, duration, t0 or 0.0)
     if audio is None:
         notes.append("no audio track")
     src_w, src_h = cc.width, cc.height
     if rotation in (90, 270):
         src_w, src_h = src_h, src_w
     scale = frames[0].shape[1] / src_w
-    duration = max(last_t + 1.0 / fps, times[-1] + step) if len(times) else 0.0
-    duration = min(duration, cfg.max_duration_s)
     return DecodedVideo(
         source=item.source,
         frames=np.stack(frames),
@@ -332,4 +386,27 @@ def decode(item: InputItem, cfg: IngestConfig) -> DecodedVideo:
         audio_rate=cfg.audio_rate,
         caption=caption,
         notes=notes,
+        start=float(start),
+        origin=float(t0 or 0.0),
+        complete=complete,
     )
+
+
+def decode_windows(item: InputItem, cfg: IngestConfig) -> Iterator[DecodedVideo]:
+    """Every window of an input, in order: one :func:`decode` call each, one window in memory at a time.
+
+    Raises:
+        IngestError: the input is unusable (from the first window), or a later window failed to decode; the
+            windows yielded before it are good.
+    """
+    video = decode(item, cfg)
+    while True:
+        yield video
+        if video.complete:
+            return
+        start, origin = video.duration, video.origin
+        del video  # let the caller free the window before the next one is decoded
+        try:
+            video = decode(item, cfg, start, origin)
+        except EOFError:  # the input ended exactly at the window boundary
+            return

@@ -20,9 +20,9 @@ from PIL import Image
 from cofe_curation.caption import CaptionRewriter, build_rewriter
 from cofe_curation.config import CurationConfig
 from cofe_curation.faces import check_faces, detect_faces, face_stats, track_main_face
-from cofe_curation.identity import check_identity, clip_embedding, embed_track, id_consistency
-from cofe_curation.ingest import DecodedVideo
-from cofe_curation.media import encode_mp4, read_clip
+from cofe_curation.identity import build_recognizer, check_identity, clip_embedding, embed_track, id_consistency
+from cofe_curation.ingest import DecodedVideo, IngestError, InputItem, decode_windows
+from cofe_curation.media import encode_mp4, read_clips
 from cofe_curation.shots import ClipSpan, shot_clips
 from cofe_curation.speech import decide_speaking, mouth_motion, speech_ratio, speech_segments
 from cofe_encoders.face import Face, FaceAnalyzer, build_face_analyzer, reference_crop
@@ -83,8 +83,9 @@ class InputResult:
         notes: Non-fatal problems (bad caption file, VFR, no audio, truncated decoding).
         clips: Clip results.
         seconds: Wall time per stage.
-        duration: Analysed seconds of video.
+        duration: Analysed seconds of video (from the start of the input).
         frames: Sampled frames analysed.
+        windows: Windows the input was analysed in (:attr:`IngestConfig.window_s`).
     """
 
     source: str
@@ -95,6 +96,7 @@ class InputResult:
     seconds: dict[str, float] = field(default_factory=dict)
     duration: float = 0.0
     frames: int = 0
+    windows: int = 1
 
     def record(self) -> dict[str, Any]:
         """The report entry (no media)."""
@@ -104,6 +106,8 @@ class InputResult:
             "reason": self.reason,
             "notes": self.notes,
             "duration": round(self.duration, 3),
+            "analysed_s": [0.0, round(self.duration, 3)],
+            "windows": self.windows,
             "clips": [c.record() for c in self.clips],
         }
 
@@ -151,6 +155,7 @@ class Curator:
         self.cfg = cfg or CurationConfig()
         self.analyzer = analyzer or build_face_analyzer("offline", score_threshold=self.cfg.faces.min_score)
         self.rewriter = rewriter or build_rewriter(self.cfg.speech.rewriter, self.cfg.speech.speaking_sentence)
+        self.recognizer = build_recognizer(self.analyzer)
 
     def prepare(self, video: DecodedVideo) -> Prepared:
         """Shot split and face detection on every sampled frame of the clips (the per-frame work).
@@ -172,12 +177,16 @@ class Curator:
         seconds["faces"] = time.perf_counter() - tic
         return Prepared(spans, detections, seconds)
 
-    def process(self, video: DecodedVideo, prepared: Prepared | None = None) -> InputResult:
-        """Curate one decoded input (never raises on bad content: the result says why it was rejected).
+    def process(self, video: DecodedVideo, prepared: Prepared | None = None, first_clip: int = 0) -> InputResult:
+        """Curate one decoded input or window (never raises on bad content: the result says why it was rejected).
+
+        Decides every clip first (faces, identity, speech), then cuts all kept clips from the source in one
+        decoding pass (:func:`cofe_curation.media.read_clips`) and encodes them.
 
         Args:
-            video: The decoded input.
+            video: The decoded input (or one window of it, see :func:`cofe_curation.ingest.decode_windows`).
             prepared: The result of :meth:`prepare` if it already ran (elsewhere); computed here otherwise.
+            first_clip: Index of the first clip of this window in its input (clip keys are unique per input).
         """
         cfg = self.cfg
         prepared = prepared or self.prepare(video)
@@ -185,16 +194,10 @@ class Curator:
         seconds: dict[str, float] = defaultdict(float, prepared.seconds)
         result = InputResult(video.source, "rejected", "", list(video.notes), duration=video.duration)
         result.frames = len(video.frames)
-        if not spans:
-            result.reason = (
-                f"no shot of at least min_clip_s={cfg.shots.min_clip_s} s (video {video.duration:.2f} s long)"
-            )
-            result.seconds = dict(seconds)
-            return result
-
         segments = None
+        pending = []  # kept clips, written after all decisions
         for ci, span in enumerate(spans):
-            key = clip_key(video.source, ci)
+            key = clip_key(video.source, first_clip + ci)
             tic = time.perf_counter()
             track = track_main_face(video.frames, detections, span.start, span.stop)
             stats = face_stats(track, video.frames.shape[1:3], video.scale)
@@ -205,7 +208,9 @@ class Curator:
                 continue
 
             tic = time.perf_counter()
-            pos, emb = embed_track(self.analyzer, video.frames, track, cfg.identity.max_embed_frames)
+            pos, emb = embed_track(
+                self.analyzer, video.frames, track, cfg.identity.max_embed_frames, recognizer=self.recognizer
+            )
             yaws = track.yaws[pos]
             consistency = id_consistency(emb, yaws, cfg.identity)
             reason = check_identity(consistency, cfg.identity)
@@ -217,38 +222,65 @@ class Curator:
             tic = time.perf_counter()
             has_audio = video.audio is not None and video.audio.size > 0
             if has_audio and segments is None:
-                segments = speech_segments(video.audio, video.audio_rate, cfg.speech.vad_threshold)
+                found = speech_segments(video.audio, video.audio_rate, cfg.speech.vad_threshold)
+                segments = [(s + video.start, e + video.start) for s, e in found]  # window -> input time
             ratio = speech_ratio(segments or [], span.t0, span.t1)
             gap = 1.5 / cfg.ingest.sample_fps
             motion = mouth_motion(video.frames, track, video.times, gap, segments or [])
             speech = decide_speaking(ratio, motion, has_audio, cfg.speech)
             refined = self.rewriter.rewrite(video.caption, speech.speaking)
             seconds["speech"] += time.perf_counter() - tic
+            pending.append((len(result.clips), key, span, track, consistency, stats, speech, refined))
+            result.clips.append(ClipResult(key, span.t0, span.t1, "kept", "write", ""))  # filled in below
+            result.clips[-1].embedding = clip_embedding(emb, yaws)
 
-            tic = time.perf_counter()
-            clip = self._write(video, key, span, track, consistency, stats, speech, refined)
-            clip.embedding = clip_embedding(emb, yaws)
-            seconds["write"] += time.perf_counter() - tic
-            result.clips.append(clip)
-
-        kept = sum(c.decision == "kept" for c in result.clips)
-        if kept:
-            result.decision, result.reason = "kept", f"{kept} of {len(result.clips)} clips kept"
-        else:
-            stages = sorted({c.stage for c in result.clips})
-            result.reason = f"all {len(result.clips)} clips rejected ({', '.join(stages)})"
+        tic = time.perf_counter()
+        cuts = read_clips(
+            video.source, [(p[2].t0, p[2].t1) for p in pending], cfg.write.max_side, video.rotation, video.origin
+        )
+        for (index, key, span, track, consistency, stats, speech, refined), (frames, fps) in zip(
+            pending, cuts, strict=True
+        ):
+            clip = self._write(video, key, span, frames, fps, track, consistency, stats, speech, refined)
+            clip.embedding = result.clips[index].embedding
+            result.clips[index] = clip
+        seconds["write"] += time.perf_counter() - tic
         result.seconds = dict(seconds)
+        _decide(result, cfg)
         return result
 
-    def _write(self, video, key, span, track, consistency, stats, speech, refined) -> ClipResult:
+    def curate_input(self, item: InputItem) -> InputResult:
+        """Decode and curate one whole input, window by window (:attr:`IngestConfig.window_s`), so memory stays
+        bounded by one window however long the input is. Never raises: an unusable input is an ``error`` result
+        with the reason, and a window that fails after good ones ends the input with a note.
+        """
+        windows = []
+        tic = time.perf_counter()
+        try:
+            for video in decode_windows(item, self.cfg.ingest):
+                decode_s = time.perf_counter() - tic
+                first_clip = sum(len(w.clips) for w in windows)
+                windows.append(self.process(video, first_clip=first_clip))
+                windows[-1].seconds["ingest"] = decode_s
+                del video
+                tic = time.perf_counter()
+        except IngestError as exc:
+            if not windows:
+                return error_result(item.source, str(exc))
+            windows[-1].notes.append(f"decoding stopped at {windows[-1].duration:.2f} s: {exc}")
+        except Exception as exc:  # one broken input must not stop a run: record it and go on
+            return error_result(item.source, f"{item.source}: {type(exc).__name__}: {exc}")
+        return merge_windows(windows, self.cfg)
+
+    def _write(self, video, key, span, frames, fps, track, consistency, stats, speech, refined) -> ClipResult:
         cfg = self.cfg
-        frames, fps = read_clip(video.source, span.t0, span.t1, cfg.write.max_side, video.rotation)
         height, width = frames.shape[1:3]
         k = width / video.frames.shape[2]  # analysis pixels -> clip pixels
         audio = None
         if video.audio is not None and video.audio.size:
-            a0, a1 = round(span.t0 * video.audio_rate), round(span.t1 * video.audio_rate)
-            audio = video.audio[a0:a1]
+            a0 = round((span.t0 - video.start) * video.audio_rate)
+            a1 = round((span.t1 - video.start) * video.audio_rate)
+            audio = video.audio[max(0, a0) : a1]
         mp4 = encode_mp4(frames, fps, audio, video.audio_rate, cfg.write.crf)
         faces = []
         for i, face in zip(track.indices, track.faces, strict=True):
@@ -293,3 +325,33 @@ class Curator:
         }
         reason = f"kept: yaw range {stats.yaw_range:.0f} deg, id consistency {consistency:.2f}"
         return ClipResult(key, span.t0, span.t1, "kept", "write", reason, annotation, None, mp4, _png(ref))
+
+
+def _decide(result: InputResult, cfg: CurationConfig) -> None:
+    """Set an input's decision and reason from its clips."""
+    kept = sum(c.decision == "kept" for c in result.clips)
+    if kept:
+        result.decision, result.reason = "kept", f"{kept} of {len(result.clips)} clips kept"
+    elif result.clips:
+        stages = sorted({c.stage for c in result.clips})
+        result.decision, result.reason = "rejected", f"all {len(result.clips)} clips rejected ({', '.join(stages)})"
+    else:
+        result.decision = "rejected"
+        result.reason = f"no shot of at least min_clip_s={cfg.shots.min_clip_s} s (video {result.duration:.2f} s long)"
+
+
+def merge_windows(windows: list[InputResult], cfg: CurationConfig) -> InputResult:
+    """One input's result from the results of its windows (in order): clips, notes (once each) and seconds."""
+    first = windows[0]
+    merged = InputResult(first.source, "rejected", "", duration=windows[-1].duration)
+    seconds: dict[str, float] = defaultdict(float)
+    for window in windows:
+        merged.clips += window.clips
+        merged.notes += [n for n in window.notes if n not in merged.notes]
+        merged.frames += window.frames
+        for stage, s in window.seconds.items():
+            seconds[stage] += s
+    merged.seconds = dict(seconds)
+    merged.windows = len(windows)
+    _decide(merged, cfg)
+    return merged

@@ -36,7 +36,8 @@ def _analyzer():
 
 
 def photo(name: str) -> np.ndarray:
-    """A real photo as uint8 RGB: ``"astronaut"``, ``"hopper"`` or ``"t1"`` (six people)."""
+    """A real photo as uint8 RGB: ``"astronaut"``, ``"hopper"``, ``"t1"`` (six people) or ``"hanks"`` (a 112 px
+    aligned face from insightface's wheel)."""
     if name == "astronaut":
         import skimage.data
 
@@ -46,23 +47,32 @@ def photo(name: str) -> np.ndarray:
 
         with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as fh:
             return np.array(Image.open(fh).convert("RGB"))
-    if name == "t1":
+    if name in ("t1", "hanks"):
         import insightface
 
-        path = Path(os.path.dirname(insightface.__file__)) / "data" / "images" / "t1.jpg"
+        file = "t1.jpg" if name == "t1" else "Tom_Hanks_54745.png"
+        path = Path(os.path.dirname(insightface.__file__)) / "data" / "images" / file
         return np.array(Image.open(path).convert("RGB"))
-    raise ValueError(f"unknown photo {name!r}; choose 'astronaut', 'hopper' or 't1'")
+    raise ValueError(f"unknown photo {name!r}; choose 'astronaut', 'hopper', 't1' or 'hanks'")
+
+
+# Every real identity a face card can show: three single portraits and the six people of t1.jpg (left to right).
+IDENTITIES = ("astronaut", "hopper", "hanks", *(f"t1-{i}" for i in range(6)))
 
 
 @functools.cache
 def face_card(name: str, size: int = 256) -> np.ndarray:
-    """A real face as a ``(size, size, 3)`` reference crop on white: ``"astronaut"``, ``"hopper"``, or
-    ``"turned"`` / ``"turned2"`` (the two most turned faces of t1.jpg, two people)."""
-    img = photo("t1" if name.startswith("turned") else name)
+    """A real face as a ``(size, size, 3)`` reference crop on white: one of :data:`IDENTITIES` (``"t1-0"`` ...
+    ``"t1-5"``: the people of t1.jpg from left to right), or ``"turned"`` / ``"turned2"`` (the two most turned
+    faces of t1.jpg, two people)."""
+    img = photo("t1" if name.startswith(("turned", "t1-")) else name)
     faces = _analyzer().analyze(img, embed=False)
     if name.startswith("turned"):
         # The most turned face of the group (~-44 deg), or for "turned2" the second most turned (~-27 deg).
         faces = sorted(faces, key=lambda f: f.yaw)[1 if name == "turned2" else 0 :]
+    elif name.startswith("t1-"):
+        index = int(name[3:])
+        faces = sorted(faces, key=lambda f: f.bbox[0])[index : index + 1]
     if not faces:
         raise ValueError(f"no face found in photo {name!r}")
     return reference_crop(img, faces[0], size=size, expand=1.8)
@@ -135,6 +145,31 @@ def compose(
             noise = rng.normal(0, 2.0, canvas.shape)  # camera noise, so frames are not bit-identical
             canvas = np.clip(canvas + noise, 0, 255).astype(np.uint8)
         frames.append(canvas)
+    return np.stack(frames)
+
+
+def turning_clip(
+    name: str,
+    sweep: tuple[float, float] = (-0.1, 0.1),
+    seconds: float = 3.0,
+    fps: float = 16.0,
+    size: tuple[int, int] = (256, 256),
+    seed: int = 0,
+) -> np.ndarray:
+    """Frames ``(T, H, W, 3)`` uint8 of one real face (a :data:`IDENTITIES` name) turning from ``sweep[0]`` to
+    ``sweep[1]`` and back (amounts of :func:`turn`; +-0.06 reads as about +-10 degrees of yaw on a frontal face),
+    drifting a little sideways, with camera noise."""
+    rng = np.random.default_rng(seed)
+    n = round(seconds * fps)
+    w, h = size
+    card = face_card(name)
+    frames = []
+    for i in range(n):
+        phase = 0.5 - 0.5 * np.cos(2 * np.pi * i / max(n - 1, 1))  # 0 -> 1 -> 0: out to sweep[1] and back
+        amount = sweep[0] + (sweep[1] - sweep[0]) * phase
+        canvas = _canvas(size)
+        _place(canvas, turn(card, amount), w / 2 + 4 * (phase - 0.5), h / 2, int(h * 0.95))
+        frames.append(np.clip(canvas + rng.normal(0, 2.0, canvas.shape), 0, 255).astype(np.uint8))
     return np.stack(frames)
 
 
