@@ -103,3 +103,46 @@ def test_config_errors_are_reported(tmp_path, capsys):
     bad.write_text("faces:\n  min_face: 3\n")
     assert cofe(["curate", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(bad)]) == 2
     assert "unknown key faces.min_face" in capsys.readouterr().err
+
+
+def _manifest_sources(out: Path, rank: int) -> list[str]:
+    return [
+        rec["source"]
+        for path in sorted((out / "shards").glob(f"rank{rank}-*.manifest.json"))
+        for rec in json.loads(path.read_text())["inputs"]
+    ]
+
+
+@pytest.mark.slow
+def test_two_ranks_split_the_inputs_and_rank0_finalizes_both(tmp_path, turning):
+    inputs = tmp_path / "in"
+    for i in range(3):
+        write_clip(inputs / f"person{i}.mp4", turning[:32], 16.0, tone(2.0))  # 2 s: one kept clip each
+    write_clip(inputs / "nobody.mp4", compose("no_face", seconds=2.0), 16.0)
+    common = ["--preset", "tiny", "--workers", "0", "--no-progress"]
+
+    # Two ranks: Lightning's DDP launcher (gloo on CPU) starts rank 1 as a second `python -m cofe_apps.cli`.
+    two = tmp_path / "two"
+    cmd = [sys.executable, "-m", "cofe_apps.cli", "curate", str(inputs), "--out", str(two), "--devices", "2", *common]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [set(_manifest_sources(two, r)) for r in (0, 1)]
+    assert ranks[0] and ranks[1] and not ranks[0] & ranks[1]  # each rank took its own, disjoint inputs
+    assert ranks[0] | ranks[1] == {str(p) for p in inputs.iterdir()}
+    assert {p.name.split("-")[0] for p in (two / "shards").glob("*.tar")} == {"rank0", "rank1"}
+
+    one = tmp_path / "one"
+    assert cofe(["curate", str(inputs), "--out", str(one), *common]) == 0
+    keys = _keys(two)
+    assert len(keys) == len(set(keys)) == 3 and sorted(keys) == sorted(_keys(one))  # no duplicates, none lost
+
+    # Rank 0's finalize covers both ranks: report, data list and identity clusters over all shards.
+    report = json.loads((two / "report.json").read_text())
+    assert report["counts"]["inputs"] == 4 and report["counts"]["clips_kept"] == 3 and report["identities"] == 1
+    lines = [json.loads(x) for x in (two / "data.jsonl").read_text().splitlines()]
+    assert sorted(x["key"] for x in lines) == sorted(keys)
+    assert {x["shard"].split("/")[1].split("-")[0] for x in lines} == {"rank0", "rank1"}
+    for shard in (two / "shards").glob("*.tar"):
+        with tarfile.open(shard) as tar:
+            for name in (n for n in tar.getnames() if n.endswith(".json")):
+                assert json.loads(tar.extractfile(name).read())["identity_cluster"] == 0, (shard, name)
