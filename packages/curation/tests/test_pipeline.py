@@ -59,6 +59,7 @@ def test_composed_clips_are_kept_or_rejected_by_the_right_stage(clips, tmp_path)
     ann = json.loads(sample["json"])
     assert CONTRACT <= set(ann) and ann["identity_cluster"] == 0
     assert ann["caption_refined"] == "A person is turning their head."  # silent: the speaking claim is removed
+    assert ann["caption_rewriter"] == "rules"
     assert ann["speaking"] is False and ann["num_frames"] == 48 and (ann["width"], ann["height"]) == (320, 256)
     assert len(ann["faces"]) == 24 and {"frame", "bbox", "kps5", "score", "yaw", "pitch", "roll"} <= set(
         ann["faces"][0]

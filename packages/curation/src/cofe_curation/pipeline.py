@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cofe_curation.caption import CaptionRewriter, build_rewriter
+from cofe_curation.caption import CaptionRewriter, build_rewriter, rewrite_with_source
 from cofe_curation.config import CurationConfig
 from cofe_curation.faces import check_faces, detect_faces, face_stats, track_main_face
 from cofe_curation.identity import build_recognizer, check_identity, clip_embedding, embed_track, id_consistency
@@ -228,7 +228,7 @@ class Curator:
             gap = 1.5 / cfg.ingest.sample_fps
             motion = mouth_motion(video.frames, track, video.times, gap, segments or [])
             speech = decide_speaking(ratio, motion, has_audio, cfg.speech)
-            refined = self.rewriter.rewrite(video.caption, speech.speaking)
+            refined = rewrite_with_source(self.rewriter, video.caption, speech.speaking)
             seconds["speech"] += time.perf_counter() - tic
             pending.append((len(result.clips), key, span, track, consistency, stats, speech, refined))
             result.clips.append(ClipResult(key, span.t0, span.t1, "kept", "write", ""))  # filled in below
@@ -304,7 +304,8 @@ class Curator:
             "height": height,
             "duration": round(len(frames) / fps, 4),
             "caption": video.caption,
-            "caption_refined": refined,
+            "caption_refined": refined[0],
+            "caption_rewriter": refined[1],
             "speaking": speech.speaking,
             "speech_ratio": round(speech.speech_ratio, 4),
             "mouth_motion": None if speech.mouth_motion is None else round(speech.mouth_motion, 4),
