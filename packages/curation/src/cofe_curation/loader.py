@@ -53,25 +53,33 @@ def _first(batch: list[InputResult]) -> InputResult:
     return batch[0]
 
 
-def input_size(item: InputItem) -> int:
-    """Bytes of an input (a file's size, or its member's size in a shard; 0 when unknown)."""
-    if SHARD_SEP in item.source:
-        shard, member = item.source.split(SHARD_SEP, 1)
+def input_sizes(items: list[InputItem]) -> list[int]:
+    """Bytes of each input: a file's size, or its member's size in a shard (each shard's index read once);
+    0 when unknown."""
+    shards: dict[str, dict[str, int]] = {}
+    sizes = []
+    for item in items:
+        if SHARD_SEP in item.source:
+            shard, member = item.source.split(SHARD_SEP, 1)
+            if shard not in shards:
+                try:
+                    with tarfile.open(shard) as tar:
+                        shards[shard] = {m.name: m.size for m in tar.getmembers()}
+                except (OSError, tarfile.TarError):
+                    shards[shard] = {}
+            sizes.append(shards[shard].get(member, 0))
+            continue
         try:
-            with tarfile.open(shard) as tar:
-                return tar.getmember(member).size
-        except (OSError, KeyError, tarfile.TarError):
-            return 0
-    try:
-        return os.stat(item.source).st_size
-    except OSError:
-        return 0
+            sizes.append(os.stat(item.source).st_size)
+        except OSError:
+            sizes.append(0)
+    return sizes
 
 
 def largest_first(items: list[InputItem]) -> list[InputItem]:
     """Items by size, largest first (ties keep their order): longest-processing-time-first scheduling, which
     keeps the workers' last inputs short."""
-    sizes = [input_size(item) for item in items]
+    sizes = input_sizes(items)
     order = sorted(range(len(items)), key=lambda i: -sizes[i])
     return [items[i] for i in order]
 
