@@ -1,4 +1,4 @@
-"""`cofe demo` end to end at a few steps, and the mp4 writer."""
+"""`cofe motion-demo` end to end at a few steps, and the mp4 writer."""
 
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cofe_apps.cli import main
-from cofe_apps.demo import DemoConfig, check_motion, make_clip, run_demo
+from cofe_apps.motion_demo import DemoConfig, check_motion, make_clip, run_demo
 from cofe_apps.video import read_mp4, write_mp4
 from cofe_dit import from_pretrained
 
@@ -42,7 +42,7 @@ def test_motion_check_reads_the_ground_truth_correctly():
 
 def test_cli_demo_runs(tmp_path):
     # Three training steps learn nothing: no sample may pass the check, and the command then exits with 1.
-    assert main(["demo", "--out", str(tmp_path), "--train-steps", "3", "--sample-steps", "2"]) == 1
+    assert main(["motion-demo", "--out", str(tmp_path), "--train-steps", "3", "--sample-steps", "2"]) == 1
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["prompts_correct"] == 0
     assert len(list(tmp_path.glob("*.mp4"))) == 4

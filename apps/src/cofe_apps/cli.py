@@ -7,7 +7,8 @@ import sys
 
 # command -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("cofe_apps.demo", "train a tiny DiT on synthetic clips on the CPU and sample mp4 videos"),
+    "demo": ("cofe_apps.demo", "the whole system on the CPU: curate, precompute, fit, sample, bench, compare"),
+    "motion-demo": ("cofe_apps.motion_demo", "a tiny DiT learns prompt-directed motion on the CPU, samples mp4s"),
     "curate": ("cofe_apps.curate", "raw videos -> curated WebDataset shards"),
     "precompute": ("cofe_apps.precompute", "curated shards -> training shards (latents, text, expert features)"),
     "fit": ("cofe_apps.train", "train the DiT + CoFE (LightningCLI)"),

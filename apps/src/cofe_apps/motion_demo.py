@@ -1,4 +1,4 @@
-"""`cofe demo`: the tiny DiT learns a small video distribution on the CPU, then samples it to H.264 mp4 files.
+"""`cofe motion-demo`: the tiny DiT learns a small video distribution on the CPU, then samples it to H.264 mp4 files.
 
 The data are synthetic latent videos (4 channels: RGB of the frame, and a ball mask) of a coloured ball crossing a
 grey field from a random position, in the direction the prompt names. Generation is Wan 2.2 TI2V style: the first
@@ -177,11 +177,13 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log=print) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    """`cofe demo [--out DIR] [--train-steps N] [--sample-steps N] [--seed S]`."""
+    """`cofe motion-demo [--out DIR] [--train-steps N] [--sample-steps N] [--seed S]`."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="cofe demo", description="Train a tiny DiT on the CPU and sample videos.")
-    parser.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
+    parser = argparse.ArgumentParser(
+        prog="cofe motion-demo", description="Train a tiny DiT on the CPU and sample videos."
+    )
+    parser.add_argument("--out", default="outputs/motion-demo", help="output folder (default: outputs/motion-demo)")
     parser.add_argument("--train-steps", type=int, default=DemoConfig.train_steps)
     parser.add_argument("--sample-steps", type=int, default=DemoConfig.sample_steps)
     parser.add_argument("--seed", type=int, default=0)

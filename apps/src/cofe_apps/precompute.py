@@ -23,7 +23,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from cofe_apps.components import ExpertsSpec, FaceExperts, TextEncoder, TextSpec, VAESpec, WanVAE
+from cofe_apps.components import ExpertsSpec, FaceExperts, LinearCodec, TextEncoder, TextSpec, VAESpec, build_vae
 from cofe_apps.data import expand_shards
 
 
@@ -93,7 +93,7 @@ class Precomputer:
 
     def __init__(self, cfg: PrecomputeConfig, device: str = "cpu"):
         self.cfg = cfg
-        self.vae = WanVAE(cfg.vae, device)
+        self.vae = build_vae(cfg.vae, device)
         self.text = TextEncoder(cfg.text, device)
         self.experts = FaceExperts(cfg.experts, device)
 
@@ -126,8 +126,19 @@ class Precomputer:
         return out
 
 
-def precompute(inputs: list[str], out: str | Path, cfg: PrecomputeConfig, device: str = "cpu", log=print) -> dict:
-    """Process every input shard not yet done. Returns counts."""
+def precompute(
+    inputs: list[str],
+    out: str | Path,
+    cfg: PrecomputeConfig,
+    device: str = "cpu",
+    log=print,
+    exclude_clusters: set[str] | frozenset[str] = frozenset(),
+) -> dict:
+    """Process every input shard not yet done. Returns counts.
+
+    Samples whose ``identity_cluster`` (as a string) is in ``exclude_clusters`` are left out: the identities of a
+    benchmark set, so that training never sees them.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     shards = sorted(set(expand_shards(list(inputs))))
@@ -136,7 +147,7 @@ def precompute(inputs: list[str], out: str | Path, cfg: PrecomputeConfig, device
     todo = [s for s in shards if not (out / Path(s).name).exists()]
     log(f"precompute: {len(shards)} input shards, {len(shards) - len(todo)} already done")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    counts = {"shards_done": len(shards) - len(todo), "samples": 0, "skipped": 0}
+    counts = {"shards_done": len(shards) - len(todo), "samples": 0, "skipped": 0, "excluded": 0}
     if not todo:
         return counts
     worker = Precomputer(cfg, device)
@@ -148,6 +159,9 @@ def precompute(inputs: list[str], out: str | Path, cfg: PrecomputeConfig, device
             try:
                 with wds.TarWriter(str(partial)) as sink:
                     for sample in wds.WebDataset(shard, shardshuffle=False, empty_check=False):
+                        if exclude_clusters and _cluster(sample) in exclude_clusters:
+                            counts["excluded"] += 1
+                            continue
                         try:
                             sink.write(worker.process(sample))
                             counts["samples"] += 1
@@ -170,10 +184,53 @@ def precompute(inputs: list[str], out: str | Path, cfg: PrecomputeConfig, device
             partial.replace(final)
             counts["shards_done"] += 1
     log(
-        f"precompute: {counts['samples']} samples written, {counts['skipped']} skipped "
+        f"precompute: {counts['samples']} samples written, {counts['skipped']} skipped, "
+        f"{counts['excluded']} of excluded identities "
         f"({time.perf_counter() - start:.1f}s); report in {out / 'report.jsonl'}"
     )
     return counts
+
+
+def fit_linear_codec(
+    inputs: list[str],
+    path: str | Path,
+    cfg: PrecomputeConfig,
+    z_dim: int = 16,
+    max_clips: int = 64,
+    exclude_clusters: set[str] | frozenset[str] = frozenset(),
+    log=print,
+) -> Path:
+    """Fit a :class:`LinearCodec` on up to ``max_clips`` clips of the input shards (at the bucket size), save it.
+
+    An existing file at ``path`` is kept (a rerun encodes with the same codec as the first run).
+    """
+    path = Path(path)
+    if path.exists():
+        log(f"precompute: reusing the linear codec {path}")
+        return path
+    videos = []
+    for shard in sorted(set(expand_shards(list(inputs)))):
+        for sample in wds.WebDataset(shard, shardshuffle=False, empty_check=False):
+            if len(videos) >= max_clips:
+                break
+            if "mp4" not in sample or (exclude_clusters and _cluster(sample) in exclude_clusters):
+                continue
+            try:
+                videos.append(decode_clip(sample["mp4"], cfg.frames, cfg.height, cfg.width, cfg.stride))
+            except Exception as exc:  # the main pass reports bad samples; here they are only left out
+                log(f"precompute: linear codec fit skips {sample.get('__key__')}: {exc}")
+    codec = LinearCodec.fit(videos, z_dim)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    codec.save(path)
+    log(f"precompute: fitted a {z_dim}-channel linear codec on {len(videos)} clips -> {path}")
+    return path
+
+
+def _cluster(sample: dict) -> str | None:
+    try:
+        return str(json.loads(sample["json"]).get("identity_cluster"))
+    except (KeyError, ValueError, AttributeError):
+        return None  # an unreadable sample is reported by `process`
 
 
 def main(argv: list[str]) -> int:
@@ -182,6 +239,18 @@ def main(argv: list[str]) -> int:
     p.add_argument("inputs", nargs="+", help="curated shards (paths or brace patterns)")
     p.add_argument("--out", required=True)
     p.add_argument("--tiny", action="store_true", help="tiny random VAE and text encoder, tiny experts (tests, demo)")
+    p.add_argument("--linear-vae", help="a linear codec file (.npz) instead of a Wan VAE (see components.LinearCodec)")
+    p.add_argument(
+        "--fit-linear-vae",
+        type=int,
+        metavar="Z",
+        help="fit a Z-channel linear codec on the inputs first (OUT/linear_vae.npz) and encode with it (CPU demo)",
+    )
+    p.add_argument(
+        "--exclude-clusters",
+        default="",
+        help="comma-separated identity_cluster ids to leave out (the identities of a benchmark set)",
+    )
     p.add_argument("--vae", help="diffusers AutoencoderKLWan folder")
     p.add_argument("--text-encoder", help="folder with the umT5 encoder and tokenizer")
     p.add_argument("--text-dim", type=int, default=16, help="width of the tiny text encoder")
@@ -197,14 +266,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--stride", type=int, default=1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)
-    if not a.tiny and not (a.vae and a.text_encoder):
-        p.error("give --vae and --text-encoder (local folders), or --tiny")
+    codec = a.linear_vae or a.fit_linear_vae
+    if not a.tiny and not ((a.vae or codec) and a.text_encoder):
+        p.error("give --vae (or a linear codec) and --text-encoder (local folders), or --tiny")
     cfg = PrecomputeConfig(
         frames=a.frames,
         height=a.height,
         width=a.width,
         stride=a.stride,
-        vae=VAESpec(path=a.vae, tiny=a.tiny and not a.vae),
+        vae=VAESpec(path=a.vae, tiny=a.tiny and not a.vae and not codec, linear=a.linear_vae),
         text=TextSpec(path=a.text_encoder, tiny=a.tiny and not a.text_encoder, dim=a.text_dim, text_len=a.text_len),
         experts=ExpertsSpec(
             identity=a.identity,
@@ -215,7 +285,12 @@ def main(argv: list[str]) -> int:
             detail_variant=a.detail_variant,
         ),
     )
-    counts = precompute(a.inputs, a.out, cfg, a.device)
+    excluded = frozenset(c.strip() for c in a.exclude_clusters.split(",") if c.strip())
+    if a.fit_linear_vae:
+        path = Path(a.out) / "linear_vae.npz"
+        path = fit_linear_codec(a.inputs, path, cfg, a.fit_linear_vae, exclude_clusters=excluded)
+        cfg.vae = VAESpec(linear=str(path.resolve()))
+    counts = precompute(a.inputs, a.out, cfg, a.device, exclude_clusters=excluded)
     return 0 if counts["samples"] or counts["shards_done"] else 1
 
 

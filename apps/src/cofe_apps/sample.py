@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cofe_apps.components import ExpertsSpec, FaceExperts, TextEncoder, TextSpec, VAESpec, WanVAE
+from cofe_apps.components import ExpertsSpec, FaceExperts, TextEncoder, TextSpec, VAESpec, build_vae
 from cofe_apps.module import CoFEModule
 from cofe_apps.precompute import resize_crop
 from cofe_apps.video import write_mp4
@@ -66,7 +66,7 @@ class Sampler:
     def __init__(self, module: CoFEModule, components: Components, device: str = "cpu"):
         self.module = module
         self.device = device
-        self.vae = WanVAE(components.vae, device)
+        self.vae = build_vae(components.vae, device)
         self.text = TextEncoder(components.text, device)
         self.experts = FaceExperts(components.experts, device)
 
@@ -101,7 +101,7 @@ class Sampler:
         if first_frame is not None:
             if dit.cfg.model_type != "ti2v":
                 raise ValueError(f"a first frame needs a ti2v model; this DiT is {dit.cfg.model_type!r}")
-            img = torch.from_numpy(first_frame).permute(2, 0, 1)[None].float() / 127.5 - 1  # (1, 3, H0, W0)
+            img = torch.from_numpy(np.array(first_frame)).permute(2, 0, 1)[None].float() / 127.5 - 1  # (1, 3, H0, W0)
             img = resize_crop(img, height, width)  # (1, 3, H, W)
             first = self.vae.encode(img[:, :, None])  # (1, z, 1, h, w)
         latent = sample(

@@ -75,7 +75,7 @@ def _one_to_float(item: Any, where: str) -> torch.Tensor:
             raise ValueError(f"{where}: float tensor values must lie in [0, 1], found [{lo:.3g}, {hi:.3g}]")
         return item
     arr = _one_to_uint8(item, where)
-    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float().div_(255.0)  # a writable copy
 
 
 def _split(images: Images) -> list[Any]:
