@@ -261,7 +261,7 @@ def decode_audio(
     try:
         for frame in container.decode(astream):
             if first is None:
-                first = float(frame.time) - origin if frame.time is not None and start > 0 else 0.0
+                first = float(frame.time) - origin if frame.time is not None else start
             for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().reshape(-1))
                 total += chunks[-1].size
