@@ -1,8 +1,9 @@
 """The stages put together: one decoded input in, its clips' decisions and shard samples out.
 
-:class:`Curator` runs stages 2-6 on a :class:`~cofe_curation.ingest.DecodedVideo` (stage 1 runs wherever decoding
-runs: a DataLoader worker in ``cofe curate``). It is plain Python: any loop (a script, a Lightning predict loop)
-can drive it, and each stage function can be called on its own.
+:class:`Curator` runs stages 2-6 on a :class:`~cofe_curation.ingest.DecodedVideo` (:meth:`Curator.process`), or all
+stages on one input, window by window (:meth:`Curator.curate_input`: what each DataLoader worker of ``cofe curate``
+runs, see :mod:`cofe_curation.loader`). It is plain Python: any loop (a script, a Lightning predict loop) can drive
+it, and each stage function can be called on its own.
 """
 
 from __future__ import annotations
@@ -158,11 +159,8 @@ class Curator:
         self.recognizer = build_recognizer(self.analyzer)
 
     def prepare(self, video: DecodedVideo) -> Prepared:
-        """Shot split and face detection on every sampled frame of the clips (the per-frame work).
-
-        Runs wherever is convenient: ``cofe curate`` runs it in its DataLoader workers next to decoding, so the
-        rank's main process only tracks, embeds, listens and writes.
-        """
+        """Shot split and face detection on every sampled frame of the clips (the per-frame work); can run
+        elsewhere than :meth:`process` (pass its result there)."""
         cfg = self.cfg
         tic = time.perf_counter()
         spans = shot_clips(video.frames, video.times, video.duration, cfg.ingest.sample_fps, cfg.shots)
