@@ -18,6 +18,16 @@ def test_decode_samples_by_time_and_keeps_audio(clips):
     assert video.rotation == 0 and video.scale == 1.0
 
 
+def test_discover_names_a_file_the_same_however_it_is_spelled(tmp_path, monkeypatch):
+    # A rerun that names the inputs relatively (or from another directory) must recognise finished inputs.
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "a.mp4").write_bytes(b"")
+    absolute = discover_inputs([tmp_path / "raw"])
+    monkeypatch.chdir(tmp_path)
+    assert discover_inputs(["raw"]) == discover_inputs(["./raw/../raw"]) == absolute
+    assert absolute[0].source == str(tmp_path / "raw" / "a.mp4")
+
+
 def test_discover_folder_list_and_shard(tmp_path, clips):
     (tmp_path / "a.mp4").write_bytes(clips["turning"].read_bytes())
     (tmp_path / "a.txt").write_text("a caption")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -130,8 +131,8 @@ def discover_inputs(inputs: list[str | Path]) -> list[InputItem]:
         inputs: Paths of videos, folders, list files (``.txt``/``.lst``/``.list``) or ``.tar`` shards.
 
     Returns:
-        Items in a deterministic order (sorted within each folder), duplicates removed. A path that does not
-        exist is kept as an item, so that the pipeline reports it.
+        Items in a deterministic order (sorted within each folder), duplicates removed, sources as absolute paths.
+        A path that does not exist is kept as an item, so that the pipeline reports it.
     """
     items: list[InputItem] = []
     seen: set[str] = set()
@@ -142,7 +143,9 @@ def discover_inputs(inputs: list[str | Path]) -> list[InputItem]:
             items.append(item)
 
     for raw in inputs:
-        path = Path(raw)
+        # Absolute and normalised, not resolved (a symlink keeps its name): the same file named from another
+        # working directory, or relatively then absolutely, is one source. Resuming and clip keys depend on it.
+        path = Path(os.path.abspath(raw))
         if path.is_dir():
             for child in sorted(p for p in path.rglob("*") if p.is_file()):
                 if _is_video(child.name):
