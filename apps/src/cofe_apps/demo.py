@@ -66,7 +66,7 @@ class DemoConfig:
     size: int = 128
     frames: int = 17
     stride: int = 2
-    train_steps: int = 2000
+    train_steps: int = 1500
     batch_size: int = 4
     sample_steps: int = 30
     workers: int = 1
