@@ -72,6 +72,6 @@ def test_demo_pipeline_smallest(tmp_path):
 def test_bench_clusters_are_spread_and_need_enough_identities(tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"identity_cluster": c}) + "\n" for c in (0, 0, 1, 2, 3, 4, 5, 6)))
-    assert pick_bench_clusters(data, 2) == ["2", "4"]
+    assert pick_bench_clusters(data, 2) == (["2", "4"], ["0", "1", "3", "5", "6"])
     with pytest.raises(RuntimeError, match="kept 7 identities"):
         pick_bench_clusters(data, 7)

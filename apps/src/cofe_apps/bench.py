@@ -225,6 +225,13 @@ def build_evaluator(args: argparse.Namespace, config: BenchConfig) -> Evaluator:
     return evaluator
 
 
+def new_run(client, experiment: str, name: str, tags: dict[str, str]):
+    """A new MLflow run in ``experiment`` (created if missing), through ``client``."""
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    return client.create_run(exp_id, run_name=name, tags=tags)
+
+
 def log_mlflow(args, report: dict, files: dict[str, Path], out: Path) -> str:
     """One MLflow run holding the parameters, every metric (one batch) and the output folder as artifacts."""
     import mlflow
@@ -233,10 +240,8 @@ def log_mlflow(args, report: dict, files: dict[str, Path], out: Path) -> str:
 
     mlflow.set_tracking_uri(args.tracking_uri)
     client = MlflowClient(args.tracking_uri)
-    exp = client.get_experiment_by_name(args.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(args.experiment)
     name = args.run_name or args.videos.resolve().name
-    run = client.create_run(exp_id, run_name=name, tags={"cofe.command": "bench", "protocol": args.protocol})
+    run = new_run(client, args.experiment, name, {"cofe.command": "bench", "protocol": args.protocol})
     rid = run.info.run_id
     params = {
         "protocol": args.protocol,

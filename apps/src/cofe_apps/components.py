@@ -39,6 +39,15 @@ class VAESpec:
     linear: str | None = None
 
 
+def check_video(video: Tensor, codec: str) -> None:
+    """Raise unless ``video`` is ``(B, 3, 1 + 4k, H, W)`` with H and W multiples of 8 (the Wan VAE's geometry)."""
+    if video.ndim != 5 or video.shape[1] != 3:
+        raise ValueError(f"video must be (B, 3, F, H, W), got {tuple(video.shape)}")
+    f, h, w = video.shape[2:]
+    if (f - 1) % 4 or h % 8 or w % 8:
+        raise ValueError(f"video of {f} frames at {h}x{w}: {codec} needs 1 + 4k frames and sizes divisible by 8")
+
+
 def build_vae(spec: VAESpec, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """The VAE a spec names: :class:`LinearCodec` for ``linear``, else :class:`WanVAE`."""
     return LinearCodec.load(spec.linear, device) if spec.linear else WanVAE(spec, device, dtype)
@@ -72,15 +81,13 @@ class LinearCodec:
     def device(self) -> torch.device:
         return self._device
 
-    def _blocks(self, video: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+    @classmethod
+    def _blocks(cls, video: Tensor) -> tuple[Tensor, tuple[int, ...]]:
         """Key frames of ``(B, 3, F, H, W)`` -> ``(B * K * h * w, 192)`` pixel blocks, and ``(B, K, h, w)``."""
-        if video.ndim != 5 or video.shape[1] != 3:
-            raise ValueError(f"video must be (B, 3, F, H, W), got {tuple(video.shape)}")
-        b, _, f, h, w = video.shape
-        s = self.spatial_stride
-        if (f - 1) % self.temporal_stride or h % s or w % s:
-            raise ValueError(f"video of {f} frames at {h}x{w}: the codec needs 1 + 4k frames and sizes divisible by 8")
-        keys = video[:, :, :: self.temporal_stride].float()  # (B, 3, K, H, W)
+        check_video(video, "the linear codec")
+        b, _, _, h, w = video.shape
+        s = cls.spatial_stride
+        keys = video[:, :, :: cls.temporal_stride].float()  # (B, 3, K, H, W)
         k = keys.shape[2]
         x = keys.reshape(b, 3, k, h // s, s, w // s, s).permute(0, 2, 3, 5, 1, 4, 6)  # (B, K, h, w, 3, s, s)
         return x.reshape(-1, 3 * s * s), (b, k, h // s, w // s)
@@ -90,7 +97,7 @@ class LinearCodec:
         """PCA of the key-frame pixel blocks of ``videos`` (each ``(3, F, H, W)`` in [-1, 1])."""
         if not videos:
             raise ValueError("no videos to fit the linear codec on")
-        blocks = torch.cat([cls._blocks(cls, v[None])[0] for v in videos])  # (N, 192)
+        blocks = torch.cat([cls._blocks(v[None])[0] for v in videos])  # (N, 192)
         if blocks.shape[0] < z_dim:
             raise ValueError(f"{blocks.shape[0]} pixel blocks cannot fit {z_dim} components")
         mean = blocks.mean(0)
@@ -175,13 +182,7 @@ class WanVAE:
     @torch.no_grad()
     def encode(self, video: Tensor) -> Tensor:
         """``(B, 3, F, H, W)`` in [-1, 1], ``F = 1 + 4k``, H and W multiples of 8 -> normalised latent (fp32)."""
-        if video.ndim != 5 or video.shape[1] != 3:
-            raise ValueError(f"video must be (B, 3, F, H, W), got {tuple(video.shape)}")
-        f, h, w = video.shape[2:]
-        if (f - 1) % self.temporal_stride or h % self.spatial_stride or w % self.spatial_stride:
-            raise ValueError(
-                f"video of {f} frames at {h}x{w}: the Wan VAE needs 1 + 4k frames and sizes divisible by 8"
-            )
+        check_video(video, "the Wan VAE")
         dtype = next(self.model.parameters()).dtype
         z = self.model.encode(video.to(self.device, dtype)).latent_dist.mode().float()  # (B, z, F', H', W')
         return (z - self.mean.to(z.device)) / self.std.to(z.device)

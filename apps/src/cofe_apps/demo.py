@@ -107,8 +107,9 @@ def make_inputs(folder: Path, cfg: DemoConfig) -> list[Path]:
     return paths
 
 
-def pick_bench_clusters(data_jsonl: Path, count: int) -> list[str]:
-    """``count`` identity clusters held out for the benchmark: evenly spread over the clusters in id order."""
+def pick_bench_clusters(data_jsonl: Path, count: int) -> tuple[list[str], list[str]]:
+    """``count`` identity clusters held out for the benchmark, evenly spread over the clusters in id order, and
+    the clusters left for training."""
     clusters = sorted(
         {int(json.loads(line)["identity_cluster"]) for line in data_jsonl.read_text().splitlines() if line.strip()}
     )
@@ -117,8 +118,9 @@ def pick_bench_clusters(data_jsonl: Path, count: int) -> list[str]:
             f"curation kept {len(clusters)} identities ({data_jsonl}); the demo needs more than {count} "
             "(some for training, some held out for the benchmark)"
         )
-    picks = np.linspace(0, len(clusters) - 1, count + 2)[1:-1].round().astype(int)  # not the first or last
-    return [str(clusters[i]) for i in picks]
+    picks = set(np.linspace(0, len(clusters) - 1, count + 2)[1:-1].round().astype(int))  # not the first or last
+    held_out = [str(c) for i, c in enumerate(clusters) if i in picks]
+    return held_out, [str(c) for i, c in enumerate(clusters) if i not in picks]
 
 
 def fit_config(cfg: DemoConfig, out: Path) -> dict:
@@ -215,10 +217,10 @@ def log_demo_run(uri: str, out: Path, summary: dict) -> str:
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
+    from cofe_apps.bench import new_run
+
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("cofe-demo")
-    exp_id = exp.experiment_id if exp else client.create_experiment("cofe-demo")
-    run = client.create_run(exp_id, run_name="demo", tags={"cofe.command": "demo"})
+    run = new_run(client, "cofe-demo", "demo", {"cofe.command": "demo"})
     rid = run.info.run_id
     now = int(time.time() * 1000)
     client.log_batch(
@@ -279,14 +281,9 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict:
     _done(t, timings, "curate")
 
     t = _stage(3, "split", "a benchmark set of held-out identities (LaFID-style, balanced over yaw bins)")
-    held_out = pick_bench_clusters(out / "curated" / "data.jsonl", cfg.bench_identities)
+    held_out, training = pick_bench_clusters(out / "curated" / "data.jsonl", cfg.bench_identities)
     shards = sorted((out / "curated" / "shards").glob("*.tar"))
-    all_clusters = {
-        str(json.loads(line)["identity_cluster"])
-        for line in (out / "curated" / "data.jsonl").read_text().splitlines()
-        if line.strip()
-    }
-    items = build_lafid_manifest(shards, out / "benchset", exclude_clusters=all_clusters - set(held_out), per_bin=10)
+    build_lafid_manifest(shards, out / "benchset", exclude_clusters=training, per_bin=10)
     items = read_manifest(out / "benchset" / "manifest.jsonl")  # paths resolved against the manifest's folder
     print(f"      identities held out for the benchmark: {', '.join(held_out)}; {len(items)} benchmark items")
     _done(t, timings, "split")
@@ -318,7 +315,8 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict:
 
     t = _stage(5, "fit", f"cofe fit --config fit.yaml ({cfg.train_steps} steps of the tiny DiT + CoFE)")
     fit_yaml = out / "fit.yaml"
-    fit_yaml.write_text(yaml.safe_dump(fit_config(cfg, out), sort_keys=False))
+    fit = fit_config(cfg, out)
+    fit_yaml.write_text(yaml.safe_dump(fit, sort_keys=False))
     last = out / "fit" / "checkpoints" / "last.ckpt"
     last.unlink(missing_ok=True)  # a rerun trains again (curation and precompute resume)
     env = {"MLFLOW_TRACKING_URI": uri, "COFE_EXPERIMENT": "cofe-demo"}
@@ -340,7 +338,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict:
     components = Components.from_json(out / "train" / "config.json")
     trained = load_module(last, ema=True)
     torch.manual_seed(cfg.seed)
-    untrained = CoFEModule(**fit_config(cfg, out)["model"]).eval()
+    untrained = CoFEModule(**fit["model"]).eval()
     sample_videos(trained, components, items, out / "samples" / "trained", cfg, "trained")
     sample_videos(untrained, components, items, out / "samples" / "untrained", cfg, "untrained")
     _done(t, timings, "sample")
