@@ -208,17 +208,20 @@ def fit_linear_codec(
     if path.exists():
         log(f"precompute: reusing the linear codec {path}")
         return path
+    samples = (
+        sample
+        for shard in sorted(set(expand_shards(list(inputs))))
+        for sample in wds.WebDataset(shard, shardshuffle=False, empty_check=False)
+        if "mp4" in sample and not (exclude_clusters and _cluster(sample) in exclude_clusters)
+    )
     videos = []
-    for shard in sorted(set(expand_shards(list(inputs)))):
-        for sample in wds.WebDataset(shard, shardshuffle=False, empty_check=False):
-            if len(videos) >= max_clips:
-                break
-            if "mp4" not in sample or (exclude_clusters and _cluster(sample) in exclude_clusters):
-                continue
-            try:
-                videos.append(decode_clip(sample["mp4"], cfg.frames, cfg.height, cfg.width, cfg.stride))
-            except Exception as exc:  # the main pass reports bad samples; here they are only left out
-                log(f"precompute: linear codec fit skips {sample.get('__key__')}: {exc}")
+    for sample in samples:  # lazily: no shard is opened once enough clips are decoded
+        try:
+            videos.append(decode_clip(sample["mp4"], cfg.frames, cfg.height, cfg.width, cfg.stride))
+        except Exception as exc:  # the main pass reports bad samples; here they are only left out
+            log(f"precompute: linear codec fit skips {sample.get('__key__')}: {exc}")
+        if len(videos) >= max_clips:
+            break
     codec = LinearCodec.fit(videos, z_dim)
     path.parent.mkdir(parents=True, exist_ok=True)
     codec.save(path)
