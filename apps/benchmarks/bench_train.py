@@ -15,11 +15,11 @@ import torch
 
 from cofe_apps.components import ExpertsSpec, TextSpec, VAESpec
 from cofe_apps.data import ShardDataModule
+from cofe_apps.io import git_revision
 from cofe_apps.module import CoFEModule
 from cofe_apps.precompute import PrecomputeConfig, precompute
 from cofe_apps.sample import Components, Sampler
 from cofe_apps.synthetic import hopper, make_curated_shards, reference_crop
-from cofe_apps.train import git_revision
 from cofe_dit import SamplerConfig
 
 EXPERTS = {"identity": [128, "mlp"], "semantic": [64, "perceiver"], "detail": [48, "perceiver"]}

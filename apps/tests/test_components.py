@@ -11,7 +11,7 @@ import torch
 import webdataset as wds
 
 from cofe_apps.components import LinearCodec, VAESpec, build_vae
-from cofe_apps.precompute import decode_clip
+from cofe_apps.io import decode_clip
 from cofe_apps.precompute import main as precompute_main
 
 

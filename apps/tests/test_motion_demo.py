@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cofe_apps.cli import main
+from cofe_apps.io import read_mp4, write_mp4
 from cofe_apps.motion_demo import DemoConfig, check_motion, make_clip, run_demo
-from cofe_apps.video import read_mp4, write_mp4
 from cofe_dit import from_pretrained
 
 

@@ -19,8 +19,8 @@ from PIL import Image
 
 from cofe_apps.components import ExpertsSpec, TextSpec, VAESpec
 from cofe_apps.data import ShardDataModule, TooManyBadSamples
-from cofe_apps.precompute import PrecomputeConfig, npy_bytes, precompute
-from cofe_apps.video import read_mp4
+from cofe_apps.io import npy_bytes, read_mp4
+from cofe_apps.precompute import PrecomputeConfig, precompute
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "apps/configs/tiny.yaml")

@@ -31,6 +31,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from cofe_apps.components import pad_text
+from cofe_apps.io import decode_clip, expand_shards, read_npy
 
 log = logging.getLogger(__name__)
 
@@ -75,21 +76,6 @@ class SplitByNode:
                 yield item
 
 
-def expand_shards(items: str | list[str]) -> list[str]:
-    """Shard paths from brace patterns (``a-{000..009}.tar``), shell globs (``shards/*.tar``) or lists of them."""
-    import glob
-
-    urls: list[str] = []
-    for item in [items] if isinstance(items, str) else list(items):
-        for url in wds.shardlists.expand_urls(item):
-            urls.extend(sorted(glob.glob(url)) if any(c in url for c in "*?[") else [url])
-    return urls
-
-
-def _npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
-
-
 class DecodePrecomputed:
     """Raw tar members -> dict of float32 arrays and the annotation; counts good samples for the handler."""
 
@@ -103,7 +89,7 @@ class DecodePrecomputed:
             raise ValueError(f"sample {key!r} ({sample.get('__url__', '?')}) lacks {missing}: is it a training shard?")
         out = {"__key__": key, "meta": json.loads(sample["json"]) if "json" in sample else {}}
         for a in ARRAYS:
-            arr = _npy(sample[f"{a}.npy"]).astype(np.float32)
+            arr = read_npy(sample[f"{a}.npy"]).astype(np.float32)
             if not np.isfinite(arr).all():
                 raise ValueError(f"sample {key!r}: {a}.npy contains NaN or Inf")
             out[a] = arr
@@ -120,8 +106,6 @@ class DecodeRaw:
 
     def __call__(self, sample: dict) -> dict:
         from PIL import Image
-
-        from cofe_apps.precompute import decode_clip
 
         key = sample.get("__key__", "?")
         missing = [p for p in ("mp4", "json", "ref.png") if p not in sample]

@@ -189,8 +189,8 @@ def sample_videos(module, components, items, out_dir: Path, cfg: DemoConfig, lab
     """One mp4 per benchmark item: its reference face, its first frame and its prompt."""
     from tqdm import tqdm
 
+    from cofe_apps.io import write_mp4
     from cofe_apps.sample import Sampler, load_image
-    from cofe_apps.video import write_mp4
     from cofe_dit import SamplerConfig
 
     sampler = Sampler(module, components)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cofe_apps.video import write_mp4
+from cofe_apps.io import write_mp4
 from cofe_dit import DiT, DiTConfig, FlowMatching, SamplerConfig, first_frame_mask, per_token_timesteps, sample, save
 
 COLOURS = {"red": (0.9, -0.6, -0.6), "blue": (-0.6, -0.4, 0.9)}

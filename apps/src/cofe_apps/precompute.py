@@ -15,16 +15,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
-import torch.nn.functional as F
 import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
 from cofe_apps.components import ExpertsSpec, FaceExperts, LinearCodec, TextEncoder, TextSpec, VAESpec, build_vae
-from cofe_apps.data import expand_shards
+from cofe_apps.io import decode_clip, expand_shards, npy_bytes
 
 
 @dataclass
@@ -51,41 +49,6 @@ class PrecomputeConfig:
             raise ValueError(f"frames={self.frames}: the Wan VAE needs 1 + 4k frames")
         if self.height % 16 or self.width % 16:
             raise ValueError(f"bucket {self.height}x{self.width} must be a multiple of 16 (VAE 8x, patch 2x)")
-
-
-def decode_clip(data: bytes, frames: int, height: int, width: int, stride: int = 1) -> torch.Tensor:
-    """mp4 bytes -> ``(3, frames, height, width)`` in [-1, 1]: frames ``0, stride, ...``, resized to cover the
-    bucket and centre-cropped."""
-    with av.open(io.BytesIO(data)) as container:
-        if not container.streams.video:
-            raise ValueError("no video stream")
-        out = []
-        for i, frame in enumerate(container.decode(video=0)):
-            if i % stride == 0:
-                out.append(frame.to_ndarray(format="rgb24"))
-            if len(out) == frames:
-                break
-    if len(out) < frames:
-        raise ValueError(f"clip has {len(out)} usable frames (stride {stride}); {frames} needed")
-    video = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (F, 3, H0, W0)
-    return resize_crop(video, height, width).permute(1, 0, 2, 3)  # (3, F, H, W)
-
-
-def resize_crop(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """``(N, 3, H0, W0)`` -> ``(N, 3, height, width)``: scale to cover, then centre-crop."""
-    h0, w0 = video.shape[-2:]
-    scale = max(height / h0, width / w0)
-    nh, nw = max(height, round(h0 * scale)), max(width, round(w0 * scale))
-    video = F.interpolate(video, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (nh - height) // 2, (nw - width) // 2
-    return video[..., top : top + height, left : left + width]
-
-
-def npy_bytes(arr: np.ndarray) -> bytes:
-    """An array as ``.npy`` file bytes (no pickling), as training shards store it."""
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
 
 
 class Precomputer:

@@ -18,9 +18,8 @@ import torch
 from PIL import Image
 
 from cofe_apps.components import ExpertsSpec, FaceExperts, TextEncoder, TextSpec, VAESpec, build_vae
+from cofe_apps.io import resize_crop, write_mp4
 from cofe_apps.module import CoFEModule
-from cofe_apps.precompute import resize_crop
-from cofe_apps.video import write_mp4
 from cofe_dit import SamplerConfig, sample
 
 

@@ -17,7 +17,6 @@ import importlib
 import importlib.metadata
 import json
 import os
-import subprocess
 import tempfile
 import warnings
 from pathlib import Path
@@ -29,6 +28,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from safetensors.torch import save_file
 
 from cofe_apps.data import ShardDataModule
+from cofe_apps.io import git_revision
 from cofe_apps.module import CoFEModule
 
 PACKAGES = (
@@ -43,17 +43,6 @@ PACKAGES = (
     "webdataset",
     "mlflow",
 )
-
-
-def git_revision() -> str:
-    """The commit of the source tree this code runs from (not of the working directory), ``+dirty`` if modified."""
-    here = str(Path(__file__).resolve().parent)
-    try:
-        rev = subprocess.check_output(["git", "-C", here, "rev-parse", "HEAD"], text=True, stderr=subprocess.DEVNULL)
-        dirty = subprocess.check_output(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"], text=True)
-        return rev.strip() + ("+dirty" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def package_versions() -> dict[str, str]:
