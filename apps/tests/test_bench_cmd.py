@@ -7,16 +7,27 @@ import os
 import pickle
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cofe_apps.bench import merge_rank_parts
+from cofe_apps.bench import build_parser, merge_rank_parts, write_rank_part
 from cofe_apps.cli import main as cofe
 from cofe_bench import ItemResult, ManifestItem
 from cofe_bench.testing import T1_BOXES, face_crop, faceless_frames, load_photo, moving_face_frames, write_video
+
+
+class Payload:
+    """Unpickling this creates ``path``: a harmless stand-in for code an attacker plants in a part file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +107,13 @@ def test_bench_then_compare(bench_set, tmp_path, monkeypatch, capsys):
     # Second run: the ConsisID protocol with the ArcFace-family model only (no Inception, no CLIP).
     rc = cofe(["bench", *common, "--protocol", "consisid", "--num-frames", "4", "--out", "run_b", "--run-name", "b"])
     assert rc == 0
-    capsys.readouterr()
+    captured = capsys.readouterr()
+    # The offline backend (YuNet + SFace), no CurricularFace, 4 frames: not ConsisID's set-up, and it says so.
+    assert captured.out.startswith("protocol: `consisid-approx` (APPROXIMATE: `consisid` asked)")
+    assert "cofe bench: warning: protocol 'consisid' was asked for" in captured.err
+    report_b = json.loads((tmp_path / "run_b" / "metrics.json").read_text())
+    assert report_b["protocol"] == "consisid-approx" and report_b["protocol_exact"] is False
+    assert any("OfflineFaceAnalyzer" in r for r in report_b["protocol_differences"])
 
     from mlflow.tracking import MlflowClient
 
@@ -105,7 +122,9 @@ def test_bench_then_compare(bench_set, tmp_path, monkeypatch, capsys):
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
     assert [r.info.run_name for r in runs] == ["a", "b"]
     a, b = runs
-    assert a.data.params["protocol"] == "cofe" and b.data.params["protocol"] == "consisid"
+    assert a.data.params["protocol"] == "cofe" and b.data.params["protocol"] == "consisid-approx"
+    assert b.data.params["protocol_requested"] == "consisid" and b.data.metrics["protocol_exact"] == 0.0
+    assert "not comparable with papers" in b.data.tags["cofe.warning"] and b.data.tags["protocol"] == "consisid-approx"
     assert a.data.metrics["problems/video_missing"] == 1.0 and "facesim_arc/yaw_lt30" in a.data.metrics
     assert a.data.metrics["problems/manifest_invalid"] == 2.0 and a.data.metrics["timing/predict_s"] > 0
     assert "fid" not in b.data.metrics  # no Inception weights given: the metric is absent, not faked
@@ -115,7 +134,7 @@ def test_bench_then_compare(bench_set, tmp_path, monkeypatch, capsys):
     assert cofe(["compare", "--out", "cmp"]) == 0
     table = capsys.readouterr().out
     rows = [line for line in table.splitlines() if line.startswith("| a ") or line.startswith("| b ")]
-    assert len(rows) == 2 and "| cofe |" in rows[0] and "| consisid |" in rows[1]
+    assert len(rows) == 2 and "| cofe |" in rows[0] and "| consisid-approx |" in rows[1]
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 1000
     assert np.isfinite(a.data.metrics["facesim_arc"])
 
@@ -157,12 +176,15 @@ def test_two_ranks_match_one(bench_set, tmp_path, strategy):
 
     assert cofe([*common, "--out", str(tmp_path / "one")]) == 0
     stale = ItemResult(id="p0", protocol="cofe", status="evaluation_error", error="from an interrupted run")
+    marker = tmp_path / "payload-ran"
     if strategy == "ddp_fork":
         two = tmp_path / "two"
         two.mkdir()
-        (two / ".rank0-0123456789ab.pkl").write_bytes(pickle.dumps([stale]))
-        (two / ".rank1-0123456789ab.pkl.tmp").write_bytes(b"half a pickle")  # a rank killed while writing
+        write_rank_part(two / ".rank0-0123456789ab.npz", [stale])  # a part of an interrupted run
+        (two / ".rank1-0123456789ab.npz.tmp").write_bytes(b"half a part")  # a rank killed while writing
+        (two / ".rank1-0123456789ab.pkl").write_bytes(pickle.dumps(Payload(marker)))  # an older version's part
         assert cofe([*common, "--out", str(two), "--devices", "2", "--strategy", "ddp_fork"]) == 0
+        assert not marker.exists()
     else:
         work = tmp_path / "work"
         work.mkdir()
@@ -188,16 +210,130 @@ def test_merge_refuses_incomplete_or_duplicated_parts(tmp_path):
     items = [ManifestItem(k, "r.png", "p") for k in ("a", "b", "c")]
 
     def part(rank: int, ids: list[str]) -> Path:
-        path = tmp_path / f".rank{rank}-n.pkl"
-        path.write_bytes(pickle.dumps([ItemResult(id=i, protocol="cofe") for i in ids]))
-        return path
+        results = [ItemResult(id=i, protocol="cofe", fake_features=np.full((2, 4), rank, np.float32)) for i in ids]
+        return write_rank_part(tmp_path / f".rank{rank}-n.npz", results)
 
-    with pytest.raises(RuntimeError, match=r"rank1-n\.pkl is missing"):
-        merge_rank_parts([part(0, ["a", "c"]), tmp_path / ".rank1-n.pkl"], items)
+    with pytest.raises(RuntimeError, match=r"rank1-n\.npz is missing"):
+        merge_rank_parts([part(0, ["a", "c"]), tmp_path / ".rank1-n.npz"], items)
     with pytest.raises(RuntimeError, match="'a' was scored twice"):
         merge_rank_parts([part(0, ["a", "c"]), part(1, ["a"])], items)
     with pytest.raises(RuntimeError, match=r"missing \['b'\]"):
         merge_rank_parts([part(0, ["a", "c"]), part(1, [])], items)
     parts = [part(0, ["a", "c"]), part(1, ["b"])]
-    assert [r.id for r in merge_rank_parts(parts, items)] == ["a", "b", "c"]
+    merged = merge_rank_parts(parts, items)
+    assert [r.id for r in merged] == ["a", "b", "c"]
+    assert merged[1].fake_features.dtype == np.float32 and merged[1].fake_features.tolist() == [[1.0] * 4] * 2
     assert not any(p.exists() for p in parts)
+
+
+def test_planted_part_files_never_run(tmp_path):
+    """A part swapped for a pickle, or an .npz holding a pickled object array, is refused and its payload never runs."""
+    items = [ManifestItem("a", "r.png", "p")]
+    marker = tmp_path / "payload-ran"
+    planted = tmp_path / ".rank0-n.npz"
+    planted.write_bytes(pickle.dumps([Payload(marker)]))
+    with pytest.raises(RuntimeError, match=r"rank0-n\.npz is not a part file this run wrote.*never pickles"):
+        merge_rank_parts([planted], items)
+    np.savez(planted, results=np.array([Payload(marker)], dtype=object))  # np.savez pickles object arrays
+    with pytest.raises(RuntimeError, match="is not a part file"):
+        merge_rank_parts([planted], items)
+    np.savez(planted, results=np.array('[{"id": "a", "protocol": "cofe", "shell": "rm -rf /"}]'))
+    with pytest.raises(RuntimeError, match=r"unknown fields \['shell'\]"):
+        merge_rank_parts([planted], items)
+    assert not marker.exists() and planted.exists()  # nothing ran, nothing was deleted
+
+
+def test_second_bench_on_the_same_out_is_refused(bench_set, tmp_path, capsys):
+    """Another `cofe bench` (here: a process holding the same lock a running `cofe bench` holds) owns --out."""
+    out = tmp_path / "shared"
+    holder = textwrap.dedent(
+        f"""
+        import sys
+        from cofe_apps.io import OutputLock
+        lock = OutputLock({str(out)!r}, "cofe bench").acquire()
+        print("held", flush=True)
+        sys.stdin.read()  # hold the lock until the test closes our stdin
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "COFE_HELD_LOCKS"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        args = ["bench", "--manifest", str(bench_set / "manifest.jsonl"), "--videos", str(bench_set / "videos")]
+        assert cofe([*args, "--out", str(out), "--no-mlflow"]) == 2
+        err = capsys.readouterr().err
+        assert f"{out} is in use by cofe bench (pid {proc.pid} on" in err and "choose another output folder" in err
+        assert not (out / "metrics.json").exists()
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+def test_help_is_light_and_documents_every_option():
+    """`cofe bench --help` imports neither torch nor Lightning nor webdataset, and shows each option's default."""
+    code = (
+        "import sys\n"
+        "from cofe_apps.cli import main\n"
+        "try:\n    main(['bench', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'lightning', 'webdataset', 'mlflow') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("HEAVY []"), proc.stdout[-500:]
+    assert "cuda when available" in proc.stdout and "{cofe,consisid,opens2v}" in proc.stdout
+    assert "``" not in proc.stdout and ":class:" not in proc.stdout  # plain text, no reST
+    parser = build_parser()
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        text = formatter._get_help_string(action)
+        assert action.help, f"--{action.dest} has no help"
+        assert "default" in text or "(required)" in text, f"--{action.dest} shows no default: {text!r}"
+
+
+@pytest.fixture(scope="module")
+def turning_set(tmp_path_factory):
+    """One item whose target turns from 0 to 88 degrees while the video keeps a frontal face, then loses it."""
+    root = tmp_path_factory.mktemp("turning")
+    face = face_crop(load_photo("t1.jpg"), T1_BOXES["p0"])
+    Image.fromarray(face).save(root / "ref.png")
+    frames = np.concatenate([moving_face_frames(face, 8, angle=6), faceless_frames(4)])  # faces lost past 60 degrees
+    write_video(frames, root / "videos" / "turn.mp4")
+    item = {
+        "id": "turn",
+        "reference": "ref.png",
+        "prompt": "a woman turns away",
+        "target_yaw": np.linspace(0, 88, 12).tolist(),
+    }
+    (root / "manifest.jsonl").write_text(json.dumps(item) + "\n")
+    return root
+
+
+def test_face_lost_at_large_target_yaw_scores_zero_through_the_command(turning_set, tmp_path, capsys):
+    """The demo's setting (--protocol cofe --recognizer dlib): the > 60 bin of the target pose scores 0."""
+    common = ["bench", "--manifest", str(turning_set / "manifest.jsonl"), "--videos", str(turning_set / "videos")]
+    common += ["--num-frames", "12", "--no-mlflow", "--no-progress"]
+    assert cofe([*common, "--recognizer", "dlib", "--out", str(tmp_path / "cofe")]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "identity recogniser: `dlib_face_recognition_resnet_model_v1`" in out and "yaw bins by the target pose" in out
+    )
+    report = json.loads((tmp_path / "cofe" / "metrics.json").read_text())
+    bins = report["per_bin"]
+    assert report["binning"]["by"] == "target" and [bins[b]["frames"] for b in bins] == [4, 4, 4]
+    assert bins[">60"]["facesim_dlib"] == 0.0 and bins[">60"]["detection_rate"] == 0.0
+    assert bins["|yaw|<30"]["facesim_dlib"] > 0.5 and report["overall"]["facesim_arc"] is None
+    assert report["per_bin_generated"][">60"]["frames"] == 0  # by the generated face's yaw the failure is invisible
+    assert report["protocol"] == "cofe" and report["recognizer"] == "dlib_face_recognition_resnet_model_v1"
+
+    # the same video under opens2v with the offline models: labelled approximate, 32 frames
+    assert (
+        cofe([*common[:-4], "--no-mlflow", "--no-progress", "--protocol", "opens2v", "--out", str(tmp_path / "o")]) == 0
+    )
+    captured = capsys.readouterr()
+    report = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert report["protocol"] == "opens2v-approx" and report["config"]["num_frames"] == 32
+    assert "opens2v-approx" in captured.out and "warning: protocol 'opens2v'" in captured.err

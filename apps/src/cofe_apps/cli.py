@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "precompute": ("cofe_apps.precompute", "curated shards -> training shards (latents, text, expert features)"),
     "fit": ("cofe_apps.train", "train the DiT + CoFE (LightningCLI)"),
     "sample": ("cofe_apps.sample", "reference face + first frame + prompt -> mp4"),
+    "export": ("cofe_apps.export", "a training checkpoint (file or sharded directory) -> one safetensors file"),
     "bench": ("cofe_apps.bench", "videos + references + prompts -> metrics per head-pose bin"),
     "compare": ("cofe_apps.compare", "MLflow runs side by side"),
 }

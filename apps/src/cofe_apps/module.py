@@ -1,9 +1,24 @@
 """`CoFEModule`: the Wan-compatible DiT with CoFE face fusion, trained with flow matching.
 
 The module owns the model, the loss, the optimiser and what is logged (STYLE rule 10); MLflow is reached only
-through the logger and callbacks. Freezing policy ``cofe`` (the default, as CoFE prescribes): the expert
-projectors, the per-block gates and the DiT's cross-attention layers (text, and the new face branch) train;
-everything else is frozen. ``full`` trains the whole DiT as well.
+through the logger and callbacks.
+
+Start vs restore. ``__init__`` only reads configuration; the model is created in :meth:`configure_model` (Lightning's
+hook), on the ``meta`` device, then sharded (FSDP2 ``fully_shard`` per DiT block under ``ModelParallelStrategy``)
+and materialised: each rank allocates only its shards and fills them with a deterministic initialisation
+(:mod:`cofe_apps.weights`: the same weights under one process, DDP or FSDP) and, when a run *starts* from a
+pretrained Wan (``dit_weights``), the pretrained tensors read straight from memory-mapped safetensors into the
+shards. When a run is *restored* from a checkpoint, the base weights are not read at all: a checkpoint is
+self-contained (all weights, frozen ones in their storage dtype, the optimiser state, the EMA, the components
+record and the configs). ``checkpoint_mode="slim"`` keeps only the trainable state and the base weights'
+checksum, which a restore verifies against ``dit_weights``.
+
+Freezing policies: ``cofe`` (the paper's: every cross-attention of the DiT, text and the new face branch, plus
+CoFE's projectors and gates), ``adapter`` (only the face branches and CoFE), ``full`` (everything).
+
+The EMA of the trained weights lives in a parameter-free mirror module (``ema``) whose tensors are sharded like the
+parameters they follow, so under FSDP each rank keeps the EMA of its own shards and a sharded checkpoint holds
+all of it; it is updated once per optimiser step (gradient accumulation included).
 """
 
 from __future__ import annotations
@@ -11,22 +26,127 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import lightning as L
 import torch
-from torch import Tensor
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
 
-from cofe_dit import DiT, DiTConfig, FlowMatching, first_frame_mask, per_token_timesteps
-from cofe_dit.checkpoint import load_into
-from cofe_fusion import CoFE, CoFEConfig, ExpertFeatures, freeze_dit_for_cofe
+from cofe_dit import DiT, DiTConfig, FlowMatching, first_frame_mask, i2v_condition, per_token_timesteps
+from cofe_fusion import CoFE, CoFEConfig, ExpertFeatures
 
-EXPERT_KEYS = {"identity": "id", "semantic": "sem", "detail": "det"}
+Freeze = Literal["cofe", "adapter", "full"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# DiT parameters each freezing policy trains (CoFE itself always trains).
+TRAINABLE = {"cofe": ("blocks.*.cross_attn.*",), "adapter": ("blocks.*.cross_attn.face.*",), "full": ("*",)}
 
 
 def _is_no_decay(name: str, p: torch.nn.Parameter) -> bool:
     """Biases, norm weights, gains and AdaLN tables get no weight decay (1-D or modulation tables)."""
     return p.ndim <= 1 or "norm" in name or name.endswith("modulation")
+
+
+class EMA(nn.Module):
+    """fp32 exponential moving averages of named parameters, as (frozen) parameters of their own, so they are
+    saved, restored and sharded like the parameters they follow."""
+
+    def __init__(self, params: dict[str, Tensor]):
+        super().__init__()
+        self.names = list(params)
+        for name, p in params.items():
+            self.register_parameter(self._key(name), nn.Parameter(torch.empty_like(p, dtype=torch.float32), False))
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return name.replace(".", "__")
+
+    def get(self, name: str) -> Tensor:
+        return getattr(self, self._key(name))
+
+    @torch.no_grad()
+    def copy_from(self, params: dict[str, Tensor]) -> None:
+        for name in self.names:
+            self.get(name).copy_(params[name].detach().float())
+
+    @torch.no_grad()
+    def update(self, params: dict[str, Tensor], decay: float) -> None:
+        for name in self.names:
+            self.get(name).lerp_(params[name].detach().float(), 1 - decay)
+
+
+def read_components(components: str | dict | None) -> dict | None:
+    """The record ``cofe precompute`` wrote (its ``config.json``), from a path or as a dict."""
+    if components is None or isinstance(components, dict):
+        return components
+    import json
+
+    path = Path(components)
+    if not path.is_file():
+        raise FileNotFoundError(f"no components record at {path} (the config.json `cofe precompute` writes)")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path} is not readable JSON: {exc}") from exc
+
+
+def build_configs(
+    dit: str, dit_overrides: dict | None, cofe: str, cofe_overrides: dict | None, record: dict | None
+) -> tuple[DiTConfig, CoFEConfig]:
+    """The DiT and CoFE configs, with the widths and geometry of the components record checked against them.
+
+    The record is the one source of truth for what the data look like: the latent channels and the VAE strides must
+    be the DiT preset's, the text width its ``text_dim``, the CLIP image tokens its ``image_dim``; the experts'
+    widths set CoFE's (a width given in ``cofe_overrides`` that disagrees is an error).
+    """
+    dit_cfg = DiTConfig.from_name(dit, **(dit_overrides or {}))
+    overrides = dict(cofe_overrides or {})
+    if record is not None:
+        src = "components record (cofe precompute's config.json)"
+        lat = record.get("latent")
+        if lat:
+            stride = (lat["temporal_stride"], lat["spatial_stride"], lat["spatial_stride"])
+            if lat["channels"] != dit_cfg.out_dim:
+                raise ValueError(
+                    f"the {src} has {lat['channels']}-channel latents; the {dit_cfg.name!r} DiT predicts "
+                    f"{dit_cfg.out_dim} channels: precompute with its VAE (or another DiT preset)"
+                )
+            if tuple(stride) != tuple(dit_cfg.vae_stride):
+                raise ValueError(
+                    f"the {src} was made with a VAE of strides {stride}; the {dit_cfg.name!r} DiT is trained on "
+                    f"latents of a {tuple(dit_cfg.vae_stride)} VAE"
+                )
+        if record.get("text_dim") not in (None, dit_cfg.text_dim):
+            raise ValueError(
+                f"the {src} has {record['text_dim']}-d text states; the {dit_cfg.name!r} DiT reads "
+                f"text_dim={dit_cfg.text_dim}"
+            )
+        image = record.get("image_tokens")
+        if dit_cfg.model_type == "i2v":
+            if not image:
+                raise ValueError(f"the {dit_cfg.name!r} DiT is I2V: precompute with --image-encoder (CLIP tokens)")
+            if image["width"] != dit_cfg.image_dim:
+                raise ValueError(f"the {src} has {image['width']}-d CLIP tokens; the DiT expects {dit_cfg.image_dim}")
+        outputs = record.get("expert_outputs")
+        if outputs:
+            preset = CoFEConfig.from_name(cofe, **overrides)
+            given = {s.name: s for s in preset.experts}
+            specs = []
+            for name, out in outputs.items():
+                spec = given.get(name)
+                if "experts" in overrides and spec is not None and spec.width != out["width"]:
+                    raise ValueError(
+                        f"cofe_overrides gives the {name} expert width {spec.width}; the {src} says the {name} "
+                        f"expert ({out['variant']}) produces {out['width']}-d {out['feature']}"
+                    )
+                projector = spec.projector if spec is not None else None
+                if projector is None:
+                    projector = "mlp" if out["feature"] == "pooled" else "perceiver"
+                specs.append((name, int(out["width"]), projector))
+            overrides["experts"] = specs
+    cofe_cfg = CoFEConfig.from_name(cofe, **overrides).replace(num_blocks=dit_cfg.num_layers)
+    return dit_cfg.replace(face_dim=cofe_cfg.dim), cofe_cfg
 
 
 class CoFEModule(L.LightningModule):
@@ -35,22 +155,29 @@ class CoFEModule(L.LightningModule):
     Args:
         dit: DiT preset name (``cofe_dit.PRESETS``).
         dit_overrides: ``DiTConfig`` fields to change (``face_dim`` is set from CoFE).
-        dit_weights: a local Wan / diffusers checkpoint to start from (face branches start at zero).
+        dit_weights: a local Wan / diffusers checkpoint to start from (face branches start at zero); read only when
+            a run starts, never when it is restored.
         cofe: CoFE preset name (``cofe_fusion`` presets).
-        cofe_overrides: ``CoFEConfig`` fields to change; ``num_blocks`` follows the DiT.
-        freeze: ``cofe`` (projectors, gates, cross-attention) or ``full``.
-        lr, weight_decay, betas: AdamW; decay skips biases, norms and modulation tables.
-        warmup_steps, min_lr_ratio: linear warmup, then cosine decay to ``min_lr_ratio * lr`` at the trainer's last
-            step (``trainer.max_steps``; a resumed run keeps the checkpoint's architecture but not its length).
-        ema_decay: EMA of the trained weights (0 disables).
-        flow_shift, sigma_sampling: flow-matching timestep sampling.
-        text_dropout, face_dropout: probability of dropping each condition (for classifier-free guidance).
-        first_frame: Wan 2.2 TI2V training: the first latent frame is given (``ti2v`` models).
+        cofe_overrides: ``CoFEConfig`` fields to change; ``num_blocks`` follows the DiT, expert widths the components.
+        components: the ``config.json`` of ``cofe precompute``: latent geometry, text width, expert widths and the
+            frozen components (which raw-clip batches are encoded with); checked against the DiT preset.
+        freeze: ``cofe`` (every cross-attention of the DiT + CoFE), ``adapter`` (face branches + CoFE) or ``full``.
+        frozen_dtype: storage dtype of the frozen parameters (``bfloat16`` halves their memory; None: as trained).
+        lr: AdamW peak learning rate.
+        weight_decay: AdamW weight decay (biases, norms and modulation tables get none).
+        betas: AdamW betas.
+        warmup_steps: linear warmup steps.
+        min_lr_ratio: the cosine decay ends at ``min_lr_ratio * lr`` at ``trainer.max_steps``.
+        ema_decay: EMA decay of the trained weights per optimiser step (0 disables).
+        flow_shift: timestep shift of training sigmas (Wan-family fine-tuning: uniform sigma, shift 5).
+        sigma_sampling: ``uniform`` (default) or ``logit_normal`` training sigmas, shifted by ``flow_shift``.
+        text_dropout: probability of training a sample on the empty prompt (classifier-free guidance).
+        face_dropout: probability of training a sample with zero face tokens (face guidance).
+        first_frame: Wan 2.2 TI2V training: the first latent frame is given clean (``ti2v`` models).
         gradient_checkpointing: recompute each DiT block in the backward pass.
+        checkpoint_mode: ``full`` (self-contained) or ``slim`` (trainable state + base checksum).
+        seed: seed of the deterministic initialisation.
         log_gates_every: steps between per-block gate-weight logs.
-        record_keys: a folder where each rank appends the sample keys it trained on (for tests / audits).
-        components: for raw-clip batches (``ShardDataModule(mode="raw")``): the ``config.json`` of
-            ``cofe precompute`` naming the VAE, text encoder and experts, encoded here on the fly (frozen).
         raw_text_len: text tokens after padding in raw mode (the data module's ``text_len`` in precomputed mode).
     """
 
@@ -61,7 +188,9 @@ class CoFEModule(L.LightningModule):
         dit_weights: str | None = None,
         cofe: str = "tiny",
         cofe_overrides: dict[str, Any] | None = None,
-        freeze: str = "cofe",
+        components: str | None = None,
+        freeze: Freeze = "cofe",
+        frozen_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         lr: float = 1e-4,
         weight_decay: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -69,54 +198,169 @@ class CoFEModule(L.LightningModule):
         min_lr_ratio: float = 0.1,
         ema_decay: float = 0.999,
         flow_shift: float = 5.0,
-        sigma_sampling: str = "logit_normal",
+        sigma_sampling: Literal["uniform", "logit_normal"] = "uniform",
         text_dropout: float = 0.1,
         face_dropout: float = 0.1,
         first_frame: bool = True,
         gradient_checkpointing: bool = False,
+        checkpoint_mode: Literal["full", "slim"] = "full",
+        seed: int = 0,
         log_gates_every: int = 10,
-        record_keys: str | None = None,
-        components: str | None = None,
         raw_text_len: int = 512,
+        _record: dict | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
-        if freeze not in ("cofe", "full"):
-            raise ValueError(f"freeze must be 'cofe' or 'full', got {freeze!r}")
-        cofe_cfg = CoFEConfig.from_name(cofe, **(cofe_overrides or {}))
-        dit_cfg = DiTConfig.from_name(dit, **(dit_overrides or {}))
-        dit_cfg = dit_cfg.replace(face_dim=cofe_cfg.dim)
-        self.cofe = CoFE(cofe_cfg.replace(num_blocks=dit_cfg.num_layers))
-        self.dit = DiT(dit_cfg)
-        if dit_weights:
-            report = load_into(self.dit, dit_weights)
-            print(report.summary())
-        if gradient_checkpointing:
-            self.dit.enable_gradient_checkpointing()
+        self.save_hyperparameters(ignore=["_record"])
+        if freeze not in TRAINABLE:
+            raise ValueError(f"freeze must be one of {sorted(TRAINABLE)}, got {freeze!r}")
+        if checkpoint_mode not in ("full", "slim"):
+            raise ValueError(f"checkpoint_mode must be 'full' or 'slim', got {checkpoint_mode!r}")
+        if checkpoint_mode == "slim" and not dit_weights:
+            raise ValueError("checkpoint_mode='slim' keeps only the trained state: it needs dit_weights (the base)")
+        self.record = _record if _record is not None else read_components(components)
+        self.dit_cfg, self.cofe_cfg = build_configs(dit, dit_overrides, cofe, cofe_overrides, self.record)
+        if freeze == "cofe" and not dit_weights:
+            warnings.warn(
+                "freeze='cofe' on a randomly initialised DiT: its head starts at zero and stays frozen, so no "
+                "gradient reaches CoFE. Give dit_weights (a pretrained Wan) or use freeze='full'.",
+                stacklevel=2,
+            )
+        null = (self.record or {}).get("null_text")
+        text = torch.tensor(null, dtype=torch.float32) if null else torch.zeros(0, self.dit_cfg.text_dim)
+        self.register_buffer("null_text", text)  # (T0, text_dim): the empty prompt's states
         self.flow = FlowMatching(shift=flow_shift, sampling=sigma_sampling)
-        if freeze == "cofe":
-            if not dit_weights:
-                warnings.warn(
-                    "freeze='cofe' on a randomly initialised DiT: its head starts at zero and stays frozen, so no "
-                    "gradient reaches CoFE. Give dit_weights (a pretrained Wan) or use freeze='full'.",
-                    stacklevel=2,
-                )
-            freeze_dit_for_cofe(self.dit)
+        self.dit: DiT | None = None
+        self.cofe: CoFE | None = None
+        self.ema: EMA | None = None
+        # The checkpoint a run resumes from (a path, set by `cofe fit`), or its `cofe` record (set by `from_state`).
+        self.restoring: str | dict | None = None
+        self.base_report = None
         self._encoders = None  # frozen components for raw batches; a plain attribute, never checkpointed
-        self.ema: dict[str, Tensor] = {}
         self.last_gates: Tensor | None = None
         self._t_last: float | None = None
 
     # --------------------------------------------------------------------------------------------- model
+
+    def _target_device(self) -> torch.device:
+        trainer = self._trainer
+        if trainer is not None:
+            return trainer.strategy.root_device
+        return torch.device("cpu")
+
+    def configure_model(self) -> None:
+        """Create the model on ``meta``, shard it (under ``ModelParallelStrategy``), materialise and fill it."""
+        if self.dit is not None:
+            return
+        from cofe_apps import weights as W
+
+        hp = self.hparams
+        with torch.device("meta"):
+            dit = DiT(self.dit_cfg)
+            cofe = CoFE(self.cofe_cfg)
+        self._apply_freeze(dit, cofe)
+        self.dit, self.cofe = dit, cofe
+        trainable = self.trainable()
+        if hp.frozen_dtype:
+            dtype = DTYPES[hp.frozen_dtype]
+            for p in (*dit.parameters(), *cofe.parameters()):
+                if not p.requires_grad:
+                    p.data = p.data.to(dtype)
+        self.ema = EMA(trainable) if hp.ema_decay > 0 else None
+        if hp.gradient_checkpointing:
+            dit.enable_gradient_checkpointing()
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is not None:
+            self._shard(mesh)
+        W.materialize(self, self._target_device())
+        self._restore_buffers()
+        restoring = self.restoring
+        meta = None if restoring is None else self._restore_meta()
+        slim = meta is not None and meta.get("checkpoint_mode") == "slim"
+        if slim:
+            self.strict_loading = False  # the checkpoint lacks the frozen base, which is loaded (and verified) here
+        if restoring is None or slim:
+            W.init_dit(dit, hp.seed, face_only=bool(hp.dit_weights))
+            if hp.dit_weights:
+                self.base_report = W.load_base(dit, hp.dit_weights)
+                rank_zero_info(self.base_report.summary())
+            if slim:
+                self._verify_base(meta)
+        if restoring is None:
+            W.init_cofe(cofe, hp.seed)
+            if self.ema is not None:
+                self.ema.copy_from(self.trainable())  # the materialised parameters (to_empty replaced them)
+
+    def _restore_meta(self) -> dict:
+        """The ``cofe`` record of the checkpoint being restored, read without loading its tensors."""
+        if isinstance(self.restoring, dict):
+            return self.restoring
+        p = Path(self.restoring)
+        try:
+            if p.is_dir():
+                rest = torch.load(p / "meta.pt", map_location="cpu", weights_only=True)
+            else:
+                rest = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:
+            raise ValueError(f"cannot read the checkpoint {p}: {type(exc).__name__}: {exc}") from exc
+        self.restoring = dict(rest.get("cofe") or {})
+        return self.restoring
+
+    def _restore_buffers(self) -> None:
+        """Buffers that are state of the architecture, not weights (RoPE tables live outside the module)."""
+        null = (self.record or {}).get("null_text")
+        value = torch.tensor(null, dtype=torch.float32) if null else torch.zeros(0, self.dit_cfg.text_dim)
+        self.null_text = value.to(self.null_text.device)
+
+    def _apply_freeze(self, dit: DiT, cofe: CoFE) -> None:
+        import fnmatch
+
+        patterns = TRAINABLE[self.hparams.freeze]
+        names = [n for n, _ in dit.named_parameters()]
+        for pat in patterns:
+            if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+                raise ValueError(f"freeze={self.hparams.freeze!r}: {pat!r} matches no DiT parameter")
+        for name, p in dit.named_parameters():
+            p.requires_grad_(any(fnmatch.fnmatchcase(name, pat) for pat in patterns))
+        cofe.requires_grad_(True)
+
+    def _shard(self, mesh) -> None:
+        """FSDP2: one ``fully_shard`` per DiT block, then CoFE, the EMA mirror and the DiT's top level."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        dp = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+        # Parameters all-gathered in their own dtype and gradients reduced in fp32: the fp32 islands of the DiT
+        # (modulation tables, time embedding, norms) stay exact; compute precision comes from the trainer's autocast.
+        policy = MixedPrecisionPolicy(reduce_dtype=torch.float32)
+        for block in self.dit.blocks:
+            fully_shard(block, mesh=dp, mp_policy=policy)
+        fully_shard(self.cofe, mesh=dp, mp_policy=policy)
+        if self.ema is not None:
+            fully_shard(self.ema, mesh=dp, reshard_after_forward=True)
+        fully_shard(self.dit, mesh=dp, mp_policy=policy)
+
+    def _verify_base(self, meta: dict) -> None:
+        from cofe_apps.weights import base_fingerprint
+
+        want = meta.get("base") or {}
+        have = base_fingerprint(self.hparams.dit_weights)
+        if want.get("sha256") != have["sha256"]:
+            raise ValueError(
+                f"the slim checkpoint {self.restoring} was trained on base weights {want.get('path')} "
+                f"(sha256 {want.get('sha256')}); dit_weights {self.hparams.dit_weights} has sha256 {have['sha256']}"
+            )
 
     def trainable(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
     def face_tokens(self, batch: dict, drop: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
         """Expert features of the batch -> per-block fused tokens ``num_layers x (B, M, D)`` and gates."""
+        from cofe_apps.components import EXPERT_KEYS
+
         feats = {}
         for spec in self.cofe.cfg.experts:
             value = batch[EXPERT_KEYS[spec.name]].float()  # (B, C) pooled or (B, L, C) tokens
+            if value.shape[-1] != spec.width:
+                raise ValueError(f"{spec.name} features are {value.shape[-1]}-d; CoFE was built for {spec.width}")
             feats[spec.name] = ExpertFeatures(pooled=value) if value.ndim == 2 else ExpertFeatures(tokens=value)
         out = self.cofe(feats)
         tokens = out.tokens
@@ -125,22 +369,32 @@ class CoFEModule(L.LightningModule):
             tokens = [t * keep for t in tokens]  # dropped samples see zero tokens
         return tokens, out.gates
 
+    def null_context(self, like: Tensor) -> Tensor:
+        """The empty prompt's states padded like ``like`` ``(B, T, text_dim)`` (zeros without a record)."""
+        out = torch.zeros_like(like[:1])
+        n = min(self.null_text.shape[0], like.shape[1])
+        out[0, :n] = self.null_text[:n].to(like)
+        return out
+
     @torch.no_grad()
     def encode_raw(self, batch: dict) -> dict:
-        """Raw-clip batch -> the precomputed fields (latent, txt, id, sem, det) with the frozen components."""
+        """Raw-clip batch -> the precomputed fields (latent, txt, id, sem, det, and clip / cond for I2V)."""
         if self._encoders is None:
-            if not self.hparams.components:
+            if not self.record:
                 raise ValueError("a raw-clip batch needs CoFEModule(components=<cofe precompute config.json>)")
-            from cofe_apps.precompute import Precomputer
-            from cofe_apps.sample import Components
+            from cofe_apps.components import ComponentsSpec, Encoders
 
-            comp = Components.from_json(self.hparams.components)
-            self._encoders = Precomputer.from_components(comp, str(self.device))
+            self._encoders = Encoders(ComponentsSpec.from_dict(self.record), str(self.device))
         enc = self._encoders
-        out = {"keys": batch["keys"], "latent": enc.vae.encode(batch["video"]).to(self.device)}
+        video = batch["video"]  # (B, 3, F, H, W)
+        out = {"keys": batch["keys"], "latent": enc.vae.encode(video).to(self.device)}
         out["txt"] = enc.text.encode_padded(batch["caption"]).to(self.device)[:, : self.hparams.raw_text_len]
-        feats = enc.experts.encode(batch["ref"])
+        feats = enc.experts.encode(batch["ref_id"], batch["ref"])
         out.update({k: torch.from_numpy(v.astype("float32")).to(self.device) for k, v in feats.items()})
+        if enc.image is not None:
+            first = video[:, :, 0]  # (B, 3, H, W)
+            out["clip"] = enc.image.encode(first).to(self.device)
+            out["cond"] = enc.i2v_latent(first, video.shape[2]).to(self.device)
         return out
 
     def forward(self, batch: dict) -> tuple[Tensor, dict]:
@@ -152,19 +406,22 @@ class CoFEModule(L.LightningModule):
         drop_t = torch.rand(b, device=x0.device) < self.hparams.text_dropout if self.training else None
         drop_f = torch.rand(b, device=x0.device) < self.hparams.face_dropout if self.training else None
         if drop_t is not None and drop_t.any():
-            ctx = ctx * (~drop_t).to(ctx.dtype)[:, None, None]  # the empty prompt is all-zero padding
+            ctx = torch.where(drop_t[:, None, None], self.null_context(ctx), ctx)  # the empty prompt
         faces, gates = self.face_tokens(batch, drop_f)
         sigma = self.flow.sample_sigmas(b, device=x0.device)
         xt, t, target = self.flow.prepare(x0, sigma)
-        mask = None
-        ti2v = self.hparams.first_frame and self.dit.cfg.model_type == "ti2v"
-        if ti2v:
+        mask = cond = clip = None
+        cfg = self.dit.cfg
+        if cfg.model_type == "i2v":
+            cond = i2v_condition(batch["cond"].float(), x0.shape[2], cfg.vae_stride[0])  # (B, 4 + C, F, H, W)
+            clip = batch["clip"].float()  # (B, I, image_dim)
+        elif self.hparams.first_frame and cfg.model_type == "ti2v":
             xt = torch.cat([x0[:, :, :1], xt[:, :, 1:]], dim=2)  # the first latent frame is given clean
-            pt, ph, pw = self.dit.cfg.patch_size
+            pt, ph, pw = cfg.patch_size
             grid = (x0.shape[2] // pt, x0.shape[3] // ph, x0.shape[4] // pw)
             t = per_token_timesteps(t, grid, given_frames=1)  # ... and its tokens see timestep 0
             mask = first_frame_mask(x0.shape, device=x0.device)  # ... and are not scored
-        pred = self.dit(xt, t, ctx, face_tokens=faces)
+        pred = self.dit(xt, t, ctx, cond=cond, clip_tokens=clip, face_tokens=faces)
         loss = self.flow.loss(pred, target, mask)
         return loss, {"gates": gates.detach()}
 
@@ -172,14 +429,16 @@ class CoFEModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss, extra = self(batch)
-        b = batch["latent"].shape[0]
-        tokens = b * self.dit.cfg.num_tokens(*batch["latent"].shape[2:])
+        b = batch["latent"].shape[0] if "latent" in batch else batch["video"].shape[0]
+        grid = batch["latent"].shape[2:] if "latent" in batch else None
         now = time.perf_counter()
         metrics = {"train/loss": loss.detach(), "train/lr": torch.tensor(self.optimizers().param_groups[0]["lr"])}
         if self._t_last is not None:
             dt = max(now - self._t_last, 1e-9)
             metrics["train/samples_per_s"] = torch.tensor(b * self.trainer.world_size / dt)
-            metrics["train/tokens_per_s"] = torch.tensor(tokens * self.trainer.world_size / dt)
+            if grid is not None:
+                tokens = b * self.dit.cfg.num_tokens(*grid)
+                metrics["train/tokens_per_s"] = torch.tensor(tokens * self.trainer.world_size / dt)
         self._t_last = now
         self.log_dict(metrics, prog_bar=False, sync_dist=True, batch_size=b)
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=b)
@@ -196,32 +455,23 @@ class CoFEModule(L.LightningModule):
                 sync_dist=True,
                 batch_size=b,
             )
-        if self.hparams.record_keys:
-            from pathlib import Path
-
-            folder = Path(self.hparams.record_keys)
-            folder.mkdir(parents=True, exist_ok=True)
-            with open(folder / f"rank{self.global_rank}.txt", "a") as f:
-                f.writelines(f"{self.current_epoch}\t{k}\n" for k in batch["keys"])
-            with open(folder / f"loss_rank{self.global_rank}.txt", "a") as f:
-                f.write(f"{self.global_step}\t{loss.item()!r}\n")
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        grads = [p.grad.detach().float().norm() for p in self.trainable().values() if p.grad is not None]
-        norm = torch.stack(grads).norm() if grads else torch.tensor(0.0)
-        self.log("train/grad_norm", norm, sync_dist=True)
+        """Log the global gradient norm (over every shard of every rank, before clipping)."""
+        grads = [p.grad for p in self.trainable().values() if p.grad is not None]
+        if not grads:
+            norm = torch.tensor(0.0)
+        else:
+            norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+            if hasattr(norm, "full_tensor"):
+                norm = norm.full_tensor()  # a sharded run's norm is the all-reduced one
+        self.log("train/grad_norm", norm.detach().float().cpu())
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        decay = self.hparams.ema_decay
-        if decay <= 0:
-            return
-        with torch.no_grad():
-            for name, p in self.trainable().items():
-                if name not in self.ema:
-                    self.ema[name] = p.detach().float().clone()
-                else:
-                    self.ema[name].lerp_(p.detach().float(), 1 - decay)
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:  # once per optimiser step, whatever the gradient accumulation
+            self.ema.update(self.trainable(), self.hparams.ema_decay)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -246,14 +496,115 @@ class CoFEModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------------- checkpoint
 
+    def cofe_meta(self) -> dict:
+        """What a checkpoint or an export records beside the weights."""
+        meta = {
+            "dit_config": self.dit_cfg.to_dict(),
+            "cofe_config": self.cofe_cfg.to_dict(),
+            "components": self.record,
+            "freeze": self.hparams.freeze,
+            "checkpoint_mode": self.hparams.checkpoint_mode,
+            "trainable": sorted(self.trainable()),
+        }
+        if self.hparams.checkpoint_mode == "slim":
+            if getattr(self, "_base_fingerprint", None) is None:
+                from cofe_apps.weights import base_fingerprint
+
+                self._base_fingerprint = base_fingerprint(self.hparams.dit_weights)
+            meta["base"] = self._base_fingerprint
+        return meta
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["ema"] = {k: v.clone() for k, v in self.ema.items()}
+        checkpoint["cofe"] = self.cofe_meta()
+        # The random stream the training draws noise, sigmas and dropouts from: a resumed run draws what the
+        # uninterrupted one would have (Lightning does not restore it).
+        checkpoint["rng"] = {"torch": torch.random.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state()
+        if self.hparams.checkpoint_mode == "slim":
+            keep = set(self.trainable()) | {f"ema.{EMA._key(n)}" for n in (self.ema.names if self.ema else [])}
+            keep.add("null_text")
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.ema = {k: v.clone() for k, v in checkpoint.get("ema", {}).items()}
+        meta = checkpoint.get("cofe")
+        if not isinstance(meta, dict):
+            raise ValueError("this checkpoint was not written by CoFEModule (no 'cofe' record)")
+        rng = checkpoint.get("rng") or {}
+        if "torch" in rng:
+            torch.random.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        if meta["dit_config"] != self.dit_cfg.to_dict():
+            diff = sorted(k for k, v in meta["dit_config"].items() if self.dit_cfg.to_dict().get(k) != v)
+            raise ValueError(f"the checkpoint's DiT differs from this run's in {diff}: it is another preset's")
 
-    def trainable_state(self, ema: bool = False) -> dict[str, Tensor]:
-        """The trained weights (or their EMA), as saved to safetensors."""
-        if ema and self.ema:
-            return {k: v.detach().cpu().contiguous() for k, v in self.ema.items()}
-        return {k: p.detach().float().cpu().contiguous() for k, p in self.trainable().items()}
+    @torch.no_grad()
+    def apply_ema(self) -> None:
+        """Replace the trained weights by their EMA (for sampling or export)."""
+        if self.ema is None:
+            raise ValueError("this model keeps no EMA (ema_decay was 0)")
+        for name, p in self.trainable().items():
+            p.copy_(self.ema.get(name).to(p.dtype))
+
+    def model_state(self, ema: bool = False, trained_only: bool = False) -> dict[str, Tensor]:
+        """The model weights (DiT + CoFE, or only the trained ones; their EMA with ``ema``), unsharded, on the CPU.
+
+        Under FSDP every rank must call this (each gathered tensor is a collective); all get the full values.
+        """
+        state = {}
+        trained = self.trainable()
+        for prefix, module in (("dit.", self.dit), ("cofe.", self.cofe)):
+            for name, p in module.named_parameters():
+                full = f"{prefix}{name}"
+                if trained_only and full not in trained:
+                    continue
+                value = self.ema.get(full) if ema and full in trained and self.ema is not None else p
+                value = value.full_tensor() if hasattr(value, "full_tensor") else value
+                state[full] = value.detach().cpu().contiguous()
+        return state
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, ema: bool = False, device: str = "cpu", dit_weights=None):
+        """A module (in eval mode) from any checkpoint kind (:func:`cofe_apps.weights.read_checkpoint`); never needs
+        the base folder unless the checkpoint is slim (then ``dit_weights`` or the recorded path)."""
+        from cofe_apps.weights import read_checkpoint
+
+        ckpt = read_checkpoint(path)
+        return cls.from_state(ckpt, ema=ema, device=device, dit_weights=dit_weights)
+
+    @classmethod
+    def from_state(cls, ckpt, *, ema: bool = False, device: str = "cpu", dit_weights=None):
+        import inspect
+
+        known = set(inspect.signature(cls.__init__).parameters) - {"self", "_record"}
+        hp = {k: v for k, v in dict(ckpt.hparams).items() if k in known}  # LightningCLI adds `_instantiator`, ...
+        meta = ckpt.meta
+        if meta.get("checkpoint_mode") == "slim":
+            hp["dit_weights"] = dit_weights or hp.get("dit_weights")
+        else:
+            hp["dit_weights"] = None  # self-contained: the base folder is never read
+            hp["checkpoint_mode"] = "full"
+        hp["components"] = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # freeze='cofe' without dit_weights warns for fresh runs only
+            module = cls(**hp, _record=meta.get("components"))
+        module.restoring = meta
+        module.configure_model()
+        state = ckpt.state
+        if ckpt.kind == "export":
+            state = {k: v for k, v in state.items()}
+            own = module.state_dict()
+            missing = sorted(k for k in own if k not in state and not k.startswith("ema.") and k != "null_text")
+            if missing:
+                raise ValueError(f"{ckpt.path} lacks {missing[:5]}")
+            state.update({k: v for k, v in own.items() if k not in state})
+        strict = meta.get("checkpoint_mode") != "slim" and ckpt.kind != "export"
+        result = module.load_state_dict(state, strict=strict)
+        if not strict and result.unexpected_keys:
+            raise ValueError(f"{ckpt.path} holds tensors this model does not have: {result.unexpected_keys[:5]}")
+        if ema:
+            if ckpt.kind == "export":
+                raise ValueError(f"{ckpt.path} is an export: it holds one set of weights (export with --ema for EMA)")
+            module.apply_ema()
+        return module.to(device).eval()

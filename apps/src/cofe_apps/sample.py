@@ -1,174 +1,244 @@
-"""`cofe sample`: reference face + first frame + prompt -> H.264 mp4, from a training checkpoint.
+"""`cofe sample`: reference face (+ first frame) + prompt -> H.264 mp4, from a training checkpoint.
 
-The frozen components (VAE, text encoder, experts) are those the training data were made with: pass the
-``config.json`` that ``cofe precompute`` wrote (``--components``), or ``--tiny``.
+``--checkpoint`` takes any of: a Lightning checkpoint file of `cofe fit` (``last.ckpt``), the distributed-checkpoint
+directory of a sharded run, or a ``cofe export`` safetensors file. The checkpoint is self-contained: it holds the
+components record of the training data (VAE, text encoder, experts, CLIP image encoder; pass ``--components`` to
+use another copy of precompute's ``config.json``, e.g. with the weights at other paths), so the geometry of the
+video (latent channels, VAE strides) is the training data's, and the base Wan folder is never read.
+
+The reference photo goes through face detection: the largest face is aligned to the ArcFace template for the
+identity expert and cut as the whitened head crop for the semantic and detail experts, exactly as curation does;
+both crops are saved beside the video (``OUT.ref_id.png``, ``OUT.ref.png``). Defaults (steps, shift, guidance,
+solver, negative prompt, frames, size, fps) are those of the DiT preset (Wan's own).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from PIL import Image
 
-from cofe_apps.components import ExpertsSpec, FaceExperts, TextEncoder, TextSpec, VAESpec, build_vae
-from cofe_apps.io import resize_crop, write_mp4
-from cofe_apps.module import CoFEModule
-from cofe_dit import SamplerConfig, sample
+if TYPE_CHECKING:
+    from cofe_apps.components import ComponentsSpec, Encoders
+    from cofe_apps.module import CoFEModule
 
 
-@dataclass
-class Components:
-    vae: VAESpec = field(default_factory=VAESpec)
-    text: TextSpec = field(default_factory=TextSpec)
-    experts: ExpertsSpec = field(default_factory=ExpertsSpec)
+def _defaults(cfg) -> dict:
+    """The preset's sampling defaults (Wan's), as a plain dict."""
+    from dataclasses import asdict
 
-    @classmethod
-    def from_json(cls, path: str | Path) -> Components:
-        """The components recorded by ``cofe precompute`` (its ``config.json``)."""
-        data = json.loads(Path(path).read_text())
-        return cls(VAESpec(**data["vae"]), TextSpec(**data["text"]), ExpertsSpec(**data["experts"]))
-
-
-def load_module(checkpoint: str | Path, ema: bool = False, device: str = "cpu") -> CoFEModule:
-    """A ``CoFEModule`` from a Lightning checkpoint; with ``ema`` the trained weights are their EMA."""
-    path = Path(checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    module = CoFEModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
-    if ema:
-        if not module.ema:
-            raise ValueError(f"{path} holds no EMA weights (ema_decay was 0?)")
-        params = dict(module.named_parameters())
-        with torch.no_grad():
-            for name, value in module.ema.items():
-                params[name].copy_(value)
-    return module.to(device).eval()
-
-
-def load_image(path: str | Path) -> np.ndarray:
-    try:
-        return np.asarray(Image.open(path).convert("RGB"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
+    sampling = getattr(cfg, "sampling", None)
+    return asdict(sampling) if sampling is not None else {}
 
 
 class Sampler:
     """Holds a trained module and its frozen components."""
 
-    def __init__(self, module: CoFEModule, components: Components, device: str = "cpu"):
+    def __init__(self, module: CoFEModule, components: ComponentsSpec | None = None, device: str = "cpu"):
+        from cofe_apps.components import ComponentsSpec, Encoders
+
+        if components is None:
+            if not module.record:
+                raise ValueError("the checkpoint records no components: pass --components (precompute's config.json)")
+            components = ComponentsSpec.from_dict(module.record)
         self.module = module
         self.device = device
-        self.vae = build_vae(components.vae, device)
-        self.text = TextEncoder(components.text, device)
-        self.experts = FaceExperts(components.experts, device)
+        self.enc: Encoders = Encoders(components, device)
+        cfg = module.dit.cfg
+        g = self.enc.geometry
+        if g.channels != cfg.out_dim or (g.temporal_stride, g.spatial_stride, g.spatial_stride) != tuple(
+            cfg.vae_stride
+        ):
+            raise ValueError(
+                f"the VAE gives {g.channels}-channel latents at {g.temporal_stride}x/{g.spatial_stride}x; the model "
+                f"was trained on {cfg.out_dim} channels at {tuple(cfg.vae_stride)}"
+            )
+        if self.enc.text.dim != cfg.text_dim:
+            raise ValueError(f"the text encoder gives {self.enc.text.dim}-d states; the model reads {cfg.text_dim}")
 
-    @torch.no_grad()
+    def output_size(self, first_frame: np.ndarray | None, height: int | None, width: int | None) -> tuple[int, int]:
+        """The video size: given, else the preset's (for TI2V from the first frame's aspect at the preset's area,
+        Wan 2.2's ``best_output_size``)."""
+        cfg = self.module.dit.cfg
+        d = _defaults(cfg)
+        if height and width:
+            return height, width
+        if first_frame is not None and cfg.model_type == "ti2v":
+            try:
+                from cofe_dit import best_output_size
+            except ImportError:
+                best_output_size = None
+            if best_output_size is not None and d.get("height") and d.get("width"):
+                s = cfg.vae_stride[1] * cfg.patch_size[1]
+                w, h = best_output_size(first_frame.shape[1], first_frame.shape[0], s, s, d["height"] * d["width"])
+                return h, w
+        return height or d.get("height") or 64, width or d.get("width") or 64
+
     def __call__(
         self,
         reference: np.ndarray,
         prompt: str,
         first_frame: np.ndarray | None = None,
         *,
-        frames: int = 17,
-        height: int = 64,
-        width: int = 64,
-        negative_prompt: str = "",
-        config: SamplerConfig | None = None,
+        frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        negative_prompt: str | None = None,
+        config=None,
         seed: int = 0,
+        crops: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> np.ndarray:
-        """Returns ``(frames, height, width, 3)`` uint8 RGB."""
-        dit = self.module.dit
-        if (frames - 1) % 4 or height % 16 or width % 16:
-            raise ValueError(f"{frames} frames at {height}x{width}: need 1 + 4k frames and sizes divisible by 16")
-        feats = self.experts.encode([reference])
-        batch = {k: torch.from_numpy(v.astype(np.float32)).to(self.device) for k, v in feats.items()}
-        faces, _ = self.module.face_tokens(batch)  # num_layers x (1, M, D)
-        zero_faces = [torch.zeros_like(f) for f in faces]  # what training's face dropout shows the model
-        ctx = self.text.encode_padded([prompt]).to(self.device)  # (1, T, text_dim)
-        neg = (
-            self.text.encode_padded([negative_prompt]).to(self.device) if negative_prompt else torch.zeros_like(ctx)
-        )  # training's text dropout is all-zero text
-        shape = (1, self.vae.z_dim, 1 + (frames - 1) // 4, height // 8, width // 8)
-        first = None
-        if first_frame is not None:
-            if dit.cfg.model_type != "ti2v":
-                raise ValueError(f"a first frame needs a ti2v model; this DiT is {dit.cfg.model_type!r}")
-            img = torch.from_numpy(np.array(first_frame)).permute(2, 0, 1)[None].float() / 127.5 - 1  # (1, 3, H0, W0)
-            img = resize_crop(img, height, width)  # (1, 3, H, W)
-            first = self.vae.encode(img[:, :, None])  # (1, z, 1, h, w)
-        latent = sample(
-            dit,
-            shape,
-            ctx,
-            config=config or SamplerConfig(),
-            seed=seed,
-            negative_context=neg,
-            face_tokens=faces,
-            negative_face_tokens=zero_faces,
-            first_frame=first,
-        )
-        video = self.vae.decode(latent)[0]  # (3, F, H, W) in [-1, 1]
-        return ((video.permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte().cpu().numpy()
+        """Returns ``(frames, height, width, 3)`` uint8 RGB. ``crops`` are ``(identity 112, head)`` crops if
+        already made (else found in ``reference``)."""
+        import torch
+
+        from cofe_apps.components import reference_from_image
+        from cofe_apps.io import image_to_tensor, resize_crop
+        from cofe_dit import SamplerConfig, i2v_condition, sample
+
+        with torch.no_grad():
+            module, enc = self.module, self.enc
+            dit = module.dit
+            cfg = dit.cfg
+            d = _defaults(cfg)
+            frames = frames or d.get("num_frames") or 17
+            height, width = self.output_size(first_frame, height, width)
+            enc.geometry.check(frames, height, width, cfg.patch_size)
+            if cfg.model_type == "i2v" and first_frame is None:
+                raise ValueError(f"the {cfg.name!r} model is I2V: give a first frame (--first-frame)")
+            if cfg.model_type == "t2v" and first_frame is not None:
+                raise ValueError(f"a first frame needs an i2v or ti2v model; this DiT is {cfg.model_type!r}")
+            ident, head = crops if crops is not None else reference_from_image(reference)
+            feats = enc.experts.encode([ident], [head])
+            batch = {k: torch.from_numpy(v.astype(np.float32)).to(self.device) for k, v in feats.items()}
+            faces, _ = module.face_tokens(batch)  # num_layers x (1, M, D)
+            zero_faces = [torch.zeros_like(f) for f in faces]  # what training's face dropout shows the model
+            ctx = enc.text.encode_padded([prompt]).to(self.device)  # (1, T, text_dim)
+            if negative_prompt is None:
+                negative_prompt = d.get("negative_prompt", "")
+            neg = enc.text.encode_padded([negative_prompt]).to(self.device)
+            shape = (1, *enc.geometry.latent_shape(frames, height, width))
+            first = cond = clip = None
+            if first_frame is not None:
+                img = resize_crop(image_to_tensor(first_frame), height, width).to(self.device)  # (1, 3, H, W)
+                if cfg.model_type == "ti2v":
+                    first = enc.vae.encode(img[:, :, None])  # (1, z, 1, h, w)
+                else:  # i2v: mask + VAE latent of [first frame, zeros], and the frame's CLIP tokens
+                    cond = i2v_condition(enc.i2v_latent(img, frames), shape[2], cfg.vae_stride[0])
+                    clip = enc.image.encode(img)
+            config = config or SamplerConfig()
+            latent = sample(
+                dit,
+                shape,
+                ctx,
+                config=config,
+                seed=seed,
+                negative_context=neg,
+                face_tokens=faces,
+                negative_face_tokens=zero_faces,
+                first_frame=first,
+                cond=cond,
+                clip_tokens=clip,
+            )
+            video = enc.vae.decode(latent)[0]  # (3, F, H, W) in [-1, 1]
+            return ((video.permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte().cpu().numpy()
+
+
+def sampler_config(cfg, *, steps=None, shift=None, solver=None, text_scale=None, face_scale=None):
+    """The preset's sampler settings with the given ones overriding them."""
+    from cofe_dit import SamplerConfig
+
+    d = _defaults(cfg)
+    values = {
+        "steps": steps or d.get("steps"),
+        "shift": shift if shift is not None else d.get("shift"),
+        "solver": solver or d.get("solver"),
+        "text_scale": text_scale if text_scale is not None else d.get("text_scale", d.get("guide_scale")),
+        "face_scale": face_scale,
+    }
+    return SamplerConfig(**{k: v for k, v in values.items() if v is not None})
 
 
 def main(argv: list[str]) -> int:
     """`cofe sample --checkpoint CKPT --reference FACE --prompt TEXT --out OUT.mp4 [...]`."""
-    p = argparse.ArgumentParser(prog="cofe sample", description=__doc__)
-    p.add_argument("--checkpoint", required=True, help="a Lightning checkpoint of `cofe fit` (e.g. last.ckpt)")
-    p.add_argument("--reference", required=True, help="reference face image")
-    p.add_argument("--first-frame", help="first frame image (ti2v models)")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--negative-prompt", default="")
-    p.add_argument("--out", required=True, help="output .mp4")
-    p.add_argument("--components", help="config.json written by `cofe precompute` (VAE, text encoder, experts)")
-    p.add_argument("--tiny", action="store_true", help="tiny components (as `cofe precompute --tiny`)")
-    p.add_argument("--frames", type=int, default=17)
-    p.add_argument("--height", type=int, default=64)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--fps", type=float, default=16.0)
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--shift", type=float, default=5.0)
-    p.add_argument("--solver", default="dpmpp_2m", choices=["euler", "dpmpp_2m"])
-    p.add_argument("--text-scale", type=float, default=5.0)
-    p.add_argument("--face-scale", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p = argparse.ArgumentParser(
+        prog="cofe sample", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--checkpoint", required=True, help="last.ckpt of `cofe fit`, a sharded checkpoint dir, or an export"
+    )
+    p.add_argument("--reference", required=True, help="a photo of the person (the largest face is used)")
+    p.add_argument("--first-frame", help="first frame image (required for i2v, optional for ti2v models)")
+    p.add_argument("--prompt", required=True, help="what the video shows")
+    p.add_argument("--negative-prompt", default=None, help="negative prompt (default: the preset's, Wan's own)")
+    p.add_argument("--out", required=True, help="output .mp4 (the reference crops are saved beside it)")
+    p.add_argument("--components", help="another copy of precompute's config.json (default: the checkpoint's)")
+    p.add_argument("--dit-weights", help="the base Wan folder, for slim checkpoints only")
+    p.add_argument("--frames", type=int, default=None, help="frames, 1 + 4k (default: the preset's)")
+    p.add_argument("--height", type=int, default=None, help="height in pixels (default: the preset's)")
+    p.add_argument("--width", type=int, default=None, help="width in pixels (default: the preset's)")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of the mp4 (default: the preset's)")
+    p.add_argument("--steps", type=int, default=None, help="solver steps (default: the preset's)")
+    p.add_argument("--shift", type=float, default=None, help="timestep shift (default: the preset's)")
+    p.add_argument("--solver", default=None, choices=["unipc", "dpmpp_2m", "euler"], help="default: the preset's")
+    p.add_argument("--text-scale", type=float, default=None, help="text guidance scale (default: the preset's)")
+    p.add_argument("--face-scale", type=float, default=1.0, help="face guidance scale (1: no extra face guidance)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--ema", action="store_true", help="sample with the EMA weights")
     p.add_argument("--mlflow-run-id", help="also log the video to this MLflow run")
-    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow store of --mlflow-run-id")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     a = p.parse_args(argv)
-    if a.components:
-        components = Components.from_json(a.components)
-    elif a.tiny:
-        components = Components(VAESpec(tiny=True), TextSpec(tiny=True), ExpertsSpec())
-    else:
-        p.error("give --components (precompute's config.json) or --tiny")
-    module = load_module(a.checkpoint, ema=a.ema, device=a.device)
-    if a.tiny:
-        components.text = TextSpec(tiny=True, dim=module.dit.cfg.text_dim, text_len=512)
+
+    import torch
+
+    from cofe_apps.components import ComponentsSpec, ReferenceError, reference_from_image
+    from cofe_apps.io import load_image, png_bytes, write_mp4
+    from cofe_apps.module import CoFEModule, read_components
+
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        module = CoFEModule.from_checkpoint(a.checkpoint, ema=a.ema, device=device, dit_weights=a.dit_weights)
+        components = ComponentsSpec.from_dict(read_components(a.components)) if a.components else None
+        sampler = Sampler(module, components, device)
+        reference = load_image(a.reference)
+        crops = reference_from_image(reference)
+        first = load_image(a.first_frame) if a.first_frame else None
+        cfg = module.dit.cfg
+        config = sampler_config(
+            cfg, steps=a.steps, shift=a.shift, solver=a.solver, text_scale=a.text_scale, face_scale=a.face_scale
+        )
+    except (ValueError, FileNotFoundError, ReferenceError) as exc:
+        print(f"cofe sample: {exc}", file=sys.stderr)
+        return 2
+    out = Path(a.out)
     start = time.perf_counter()
-    video = Sampler(module, components, a.device)(
-        load_image(a.reference),
-        a.prompt,
-        load_image(a.first_frame) if a.first_frame else None,
-        frames=a.frames,
-        height=a.height,
-        width=a.width,
-        negative_prompt=a.negative_prompt,
-        config=SamplerConfig(
-            steps=a.steps, shift=a.shift, solver=a.solver, text_scale=a.text_scale, face_scale=a.face_scale
-        ),
-        seed=a.seed,
-    )
-    path = write_mp4(video, a.out, fps=a.fps)
-    print(f"wrote {path} ({video.shape[0]} frames, {time.perf_counter() - start:.1f}s)")
+    try:
+        video = sampler(
+            reference,
+            a.prompt,
+            first,
+            frames=a.frames,
+            height=a.height,
+            width=a.width,
+            negative_prompt=a.negative_prompt,
+            config=config,
+            seed=a.seed,
+            crops=crops,
+        )
+    except ValueError as exc:
+        print(f"cofe sample: {exc}", file=sys.stderr)
+        return 2
+    fps = a.fps or _defaults(cfg).get("fps") or 16.0
+    path = write_mp4(video, out, fps=fps)
+    for crop, suffix in zip(crops, (".ref_id.png", ".ref.png"), strict=True):
+        out.with_name(out.stem + suffix).write_bytes(png_bytes(crop))
+    print(f"wrote {path} ({video.shape[0]} frames at {video.shape[2]}x{video.shape[1]}, "
+          f"{time.perf_counter() - start:.1f}s)")  # fmt: skip
     if a.mlflow_run_id:
         from mlflow import MlflowClient
 

@@ -22,6 +22,12 @@ from cofe_curation.media import encode_mp4
 HOPPER_FACE = (183, 120, 353, 333)
 
 
+def _png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def hopper() -> np.ndarray:
     """Grace Hopper's portrait, ``(600, 512, 3)`` uint8 RGB."""
     from matplotlib import cbook
@@ -39,6 +45,20 @@ def reference_crop(image: np.ndarray | None = None, size: int = 112) -> np.ndarr
     return np.asarray(Image.fromarray(crop).resize((size, size), Image.BICUBIC))
 
 
+def reference_pair(image: np.ndarray | None = None, head_size: int = 128) -> tuple[np.ndarray, np.ndarray, list]:
+    """The face of ``image`` (Grace Hopper's by default) as curation writes it: the 112 x 112 ArcFace-aligned crop
+    (``ref_id.png``), the whitened head crop (``ref.png``) and the 5 points in the head crop's pixels."""
+    from cofe_encoders import norm_crop
+    from cofe_encoders.align import alignment_matrix, transform_points
+    from cofe_encoders.face import build_face_analyzer, reference_crop
+
+    image = hopper() if image is None else image
+    face = build_face_analyzer("offline").largest(image, embed=False)
+    head = reference_crop(image, face, size=head_size)
+    kps = transform_points(face.kps5, alignment_matrix(face.kps5, head_size, 1.6))
+    return norm_crop(image, face.kps5), head, [[round(float(x), 2), round(float(y), 2)] for x, y in kps]
+
+
 def make_curated_shards(
     folder: str | Path, shards: int = 2, per_shard: int = 3, frames: int = 9, size: int = 64
 ) -> list[str]:
@@ -46,9 +66,8 @@ def make_curated_shards(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     img = hopper()
-    buf = io.BytesIO()
-    Image.fromarray(reference_crop(img)).save(buf, format="PNG")
-    ref_png = buf.getvalue()
+    ident, head, ref_kps = reference_pair(img)
+    ref_png, ref_id_png = (_png(x) for x in (head, ident))
     paths = []
     for s in range(shards):
         path = folder / f"{s:03d}.tar"
@@ -87,8 +106,11 @@ def make_curated_shards(
                     "id_consistency": 1.0,
                     "identity_cluster": 0,
                     "source": "matplotlib:grace_hopper.jpg",
+                    "ref_kps5": ref_kps,
+                    "ref_align": {"size": head.shape[0], "expand": 1.6},
                 }
                 mp4 = encode_mp4(np.stack(clip), fps=8)
-                sink.write({"__key__": key, "mp4": mp4, "json": json.dumps(meta).encode(), "ref.png": ref_png})
+                sample = {"__key__": key, "mp4": mp4, "json": json.dumps(meta).encode(), "ref.png": ref_png}
+                sink.write({**sample, "ref_id.png": ref_id_png})
         paths.append(str(path))
     return paths

@@ -127,9 +127,18 @@ class SpeechConfig:
     Attributes:
         vad_threshold: silero-vad speech probability threshold (0.5 is silero's default).
         min_speech_ratio: A clip has speech in its audio if VAD covers at least this fraction of it.
-        min_mouth_motion: Minimum voice-locked mouth motion (:func:`cofe_curation.speech.mouth_motion`: 1.74 on
-            the real speaking ``movie-hello.mp4``, 0.88-1.14 for a still real face under the same speech) for the
-            visible person to be the speaker; below it, audible speech is treated as a voice-over.
+        min_mouth_excess: The mouth moves if its motion exceeds its still baseline by this many inter-ocular
+            distances per second (:func:`cofe_curation.speech.mouth_evidence`; measured: the real speaker of
+            ``movie-hello.mp4`` 0.24-0.36 above while he speaks, the same face silent 0.00-0.02, still real-texture
+            faces at most 0.04, a chewing mouth 0.3-0.5); with speech and a still mouth the clip is a voice-over.
+        min_mouth_ratio: ... and is at least this many times its still baseline (the real speaker 3.0; still faces
+            turning fast through +-40 degrees up to 1.95, their mouth band distorted by the turn).
+        min_voice_lock: Where the clip has pauses, a moving mouth speaks only if it moves at least this many times
+            more under speech than in the pauses (the real speaker 2.4; a chewing mouth under a voice-over 0.8-1.05).
+        max_yaw: Frames with a larger |yaw| (degrees, as the face analyser reads it) are left out of the mouth
+            measurement; the others are weighted by cos(yaw).
+        min_usable_pairs: Frame pairs with the mouth visible needed to judge it; with fewer, speech in the audio is
+            not attributed to the visible person.
         rewriter: Caption rewriter: ``"rules"`` (default, offline) or ``"module:attr"`` of a
             :class:`cofe_curation.caption.CaptionRewriter` factory (for example a local LLM). Never a network
             service by default.
@@ -138,7 +147,11 @@ class SpeechConfig:
 
     vad_threshold: float = 0.5
     min_speech_ratio: float = 0.2
-    min_mouth_motion: float = 1.3
+    min_mouth_excess: float = 0.06
+    min_mouth_ratio: float = 2.0
+    min_voice_lock: float = 1.4
+    max_yaw: float = 60.0
+    min_usable_pairs: int = 6
     rewriter: str = "rules"
     speaking_sentence: str = "The person is speaking."
 

@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cofe_curation.caption import CaptionRewriter, build_rewriter, rewrite_with_source
+from cofe_curation.caption import CaptionRewriter, build_rewriter, rewrite_many
 from cofe_curation.config import CurationConfig
 from cofe_curation.faces import check_faces, detect_faces, face_stats, track_main_face
 from cofe_curation.identity import build_recognizer, check_identity, clip_embedding, embed_track, id_consistency
 from cofe_curation.ingest import DecodedVideo, IngestError, InputItem, decode_windows
 from cofe_curation.media import encode_mp4, read_clips
 from cofe_curation.shots import ClipSpan, shot_clips
-from cofe_curation.speech import decide_speaking, mouth_motion, speech_ratio, speech_segments
+from cofe_curation.speech import decide_speaking, mouth_evidence, speech_facts, speech_ratio, speech_segments
 from cofe_encoders.face import Face, FaceAnalyzer, build_face_analyzer, reference_crop
 
 STAGES = ("ingest", "shots", "faces", "identity", "speech", "write")
@@ -67,6 +67,7 @@ class ClipResult:
             keys = ("yaw_range", "id_consistency", "speaking", "speech_ratio", "face_ratio", "num_frames")
             rec["summary"] = {k: self.annotation[k] for k in keys}
             rec["speech_reason"] = self.annotation.get("speech_reason")
+            rec["speech"] = speech_facts(self.annotation)
             rec["yaws"] = [f["yaw"] for f in self.annotation["faces"]]
         if self.embedding is not None:
             rec["embedding"] = [round(float(v), 5) for v in self.embedding]
@@ -224,13 +225,22 @@ class Curator:
                 segments = [(s + video.start, e + video.start) for s, e in found]  # window -> input time
             ratio = speech_ratio(segments or [], span.t0, span.t1)
             gap = 1.5 / cfg.ingest.sample_fps
-            motion = mouth_motion(video.frames, track, video.times, gap, segments or [])
-            speech = decide_speaking(ratio, motion, has_audio, cfg.speech)
-            refined = rewrite_with_source(self.rewriter, video.caption, speech.speaking)
+            evidence = mouth_evidence(
+                video.frames, track, video.times, gap, segments or [], video.audio, video.audio_rate, video.start,
+                cfg.speech.max_yaw,
+            )
+            speech = decide_speaking(ratio, evidence, has_audio, cfg.speech)
+            refined = None  # all kept clips' captions are rewritten in one batch, below
             seconds["speech"] += time.perf_counter() - tic
             pending.append((len(result.clips), key, span, track, consistency, stats, speech, refined))
             result.clips.append(ClipResult(key, span.t0, span.t1, "kept", "write", ""))  # filled in below
             result.clips[-1].embedding = clip_embedding(emb, yaws)
+
+        # One batch of captions per input (a local LLM rewriter generates them together, on its device).
+        tic = time.perf_counter()
+        batch = rewrite_many(self.rewriter, [(video.caption, p[6].speaking, speech_facts(p[6])) for p in pending])
+        pending = [(*p[:7], refined) for p, refined in zip(pending, batch, strict=True)]
+        seconds["speech"] += time.perf_counter() - tic
 
         tic = time.perf_counter()
         cuts = read_clips(
@@ -306,8 +316,9 @@ class Curator:
             "caption_rewriter": refined[1],
             "speaking": speech.speaking,
             "speech_ratio": round(speech.speech_ratio, 4),
-            "mouth_motion": None if speech.mouth_motion is None else round(speech.mouth_motion, 4),
+            "voice_over": speech.voice_over,
             "speech_reason": speech.reason,
+            "speech_evidence": speech.evidence.to_dict(),
             "faces": faces,
             "face_ratio": round(stats.face_ratio, 5),
             "face_px": round(stats.face_px * k * video.scale, 2),
