@@ -6,7 +6,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from cofe_dit import CheckpointError, DiT, DiTConfig, from_pretrained, load_into, read_state_dict, save
+from cofe_dit import (
+    CheckpointError,
+    DiT,
+    DiTConfig,
+    from_pretrained,
+    is_fp32_parameter,
+    load_into,
+    read_state_dict,
+    save,
+)
 from cofe_dit.checkpoint import infer_config
 
 
@@ -156,3 +165,120 @@ def test_original_wan_config_json_is_understood(tmp_path):
     assert i2v.image_dim == 1280
     with pytest.raises(CheckpointError, match="model_type='flf2v' is not supported"):
         config_from_wan({**wan_cfg, "model_type": "flf2v"})
+
+
+# ---------------------------------------------------------------------------------------------------- lazy loading
+
+
+def _randomised(name="tiny", seed=0, **kw):
+    model = _tiny(seed, **kw) if name == "tiny" else DiT(DiTConfig.from_name(name, **kw))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def test_from_pretrained_loads_straight_into_the_final_dtype(tmp_path):
+    src = _randomised()
+    save(src, tmp_path)
+    model = from_pretrained(tmp_path, dtype=torch.bfloat16)
+    ref = src.state_dict()
+    for name, p in model.named_parameters():
+        assert not p.is_meta and p.device.type == "cpu", name
+        if is_fp32_parameter(name):
+            assert p.dtype == torch.float32 and torch.equal(p, ref[name]), name
+        else:
+            assert p.dtype == torch.bfloat16 and torch.equal(p, ref[name].bfloat16()), name
+    # A bf16 checkpoint (with its fp32 islands, as a bf16 model saves) loads back bit for bit.
+    save(model, tmp_path / "bf16")
+    again = from_pretrained(tmp_path / "bf16", dtype=torch.bfloat16)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
+    assert again.cfg == model.cfg
+
+
+def test_meta_model_gets_the_missing_face_branch_initialised(tmp_path):
+    save(_randomised(), tmp_path)
+    with torch.device("meta"):
+        model = DiT(DiTConfig.from_name("tiny", face_dim=24))
+    report = load_into(model, tmp_path)
+    assert report.ok and len(report.allowed_missing) == 14 and report.loaded == len(read_state_dict(tmp_path))
+    assert not any(p.is_meta for p in model.parameters())
+    face = model.blocks[1].cross_attn.face
+    assert torch.all(face.o.weight == 0) and torch.all(face.o.bias == 0) and torch.all(face.norm_k.weight == 1)
+    bound = (6 / (24 + 32)) ** 0.5  # Xavier-uniform for the (32, 24) key projection
+    assert 0 < face.k.weight.abs().max() <= bound and face.k.weight.std() > bound / 4
+
+
+def test_load_into_a_materialised_model_copies_in_place(tmp_path):
+    src = _randomised(seed=3)
+    save(src, tmp_path)
+    model = _tiny()
+    before = {n: (id(p), p.data_ptr()) for n, p in model.named_parameters()}
+    load_into(model, tmp_path)
+    assert {n: (id(p), p.data_ptr()) for n, p in model.named_parameters()} == before
+    assert _same(model, src)
+    # Asking for a dtype replaces the parameters (islands stay fp32).
+    load_into(model, tmp_path, dtype=torch.bfloat16)
+    assert (
+        model.blocks[0].ffn[0].weight.dtype == torch.bfloat16 and model.time_projection[1].weight.dtype == torch.float32
+    )
+
+
+def test_strict_failure_touches_nothing_and_non_strict_initialises_the_gaps(tmp_path):
+    state = {k: v.clone() for k, v in _randomised().state_dict().items()}
+    del state["blocks.1.ffn.2.weight"]
+    save_file(state, str(tmp_path / "w.safetensors"))
+    with torch.device("meta"):
+        model = DiT(DiTConfig.from_name("tiny"))
+    with pytest.raises(CheckpointError, match="1 missing from the checkpoint"):
+        load_into(model, tmp_path / "w.safetensors")
+    assert all(p.is_meta for p in model.parameters())
+    report = load_into(model, tmp_path / "w.safetensors", strict=False)
+    assert report.missing == ["blocks.1.ffn.2.weight"] and not any(p.is_meta for p in model.parameters())
+    assert torch.isfinite(model.blocks[1].ffn[2].weight).all() and model.blocks[1].ffn[2].weight.std() > 0
+
+
+def test_save_streams_a_standard_safetensors_file(tmp_path):
+    from safetensors.torch import load_file
+
+    model = _randomised(face_dim=24).to(torch.bfloat16)  # mixed dtypes: bf16 with fp32 islands
+    save(model, tmp_path)
+    loaded = load_file(str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    own = model.state_dict()
+    assert set(loaded) == set(own) and all(torch.equal(loaded[k], own[k]) for k in own)
+    assert loaded["time_projection.1.weight"].dtype == torch.float32 and loaded["blocks.0.ffn.0.weight"].dtype == (
+        torch.bfloat16
+    )
+    assert not list(tmp_path.glob("*.tmp"))
+    save(model, tmp_path / "face", only=[".cross_attn.face."])
+    assert set(load_file(str(tmp_path / "face" / "diffusion_pytorch_model.safetensors"))) == {
+        k for k in own if ".cross_attn.face." in k
+    }
+    with torch.device("meta"):
+        lazy = DiT(DiTConfig.from_name("tiny"))
+    with pytest.raises(ValueError, match="on the meta device"):
+        save(lazy, tmp_path / "meta")
+    assert not (tmp_path / "meta" / "diffusion_pytorch_model.safetensors").exists()
+
+
+def test_sharded_model_loads_its_own_shards(tmp_path):
+    """load_into fills FSDP2-sharded (DTensor) parameters with their local shard (1-process gloo group)."""
+    import torch.distributed as dist
+
+    fully_shard = pytest.importorskip("torch.distributed.fsdp").fully_shard
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    src = _randomised(seed=4)
+    save(src, tmp_path / "ckpt")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        model = _tiny()
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+        load_into(model, tmp_path / "ckpt")
+        full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
+        assert all(torch.equal(full[k], v) for k, v in src.state_dict().items())
+    finally:
+        dist.destroy_process_group()

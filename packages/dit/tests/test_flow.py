@@ -54,16 +54,60 @@ def test_loss_mask_excludes_given_frames():
         FlowMatching.loss(pred, target[..., 0])
 
 
-def test_per_token_timesteps_and_i2v_condition():
+def test_per_token_timesteps():
     t = per_token_timesteps(torch.tensor([500.0, 20.0]), grid=(3, 2, 2), given_frames=1)
     assert t.shape == (2, 12)
     assert torch.all(t[:, :4] == 0) and torch.all(t[0, 4:] == 500) and torch.all(t[1, 4:] == 20)
-    cond = i2v_condition(torch.ones(2, 4, 1, 3, 3), num_frames=5)
+
+
+def test_i2v_condition_is_wans_mask_and_clip_latent():
+    """Wan 2.1 image2video.py: msk = ones(1, N, h, w); msk[:, 1:] = 0; msk = cat([repeat_interleave(msk[:, 0:1], 4),
+    msk[:, 1:]]); msk.view(1, N' // 4, 4, h, w).transpose(1, 2); y = cat([msk, vae.encode(clip)])."""
+    latent = torch.randn(2, 4, 5, 3, 3)  # the VAE latent of a 17-frame pixel clip [first frame, 16 zero frames]
+    cond = i2v_condition(latent, num_frames=5)
     assert cond.shape == (2, 8, 5, 3, 3)
-    assert torch.all(cond[:, :4, 0] == 1) and torch.all(cond[:, :4, 1:] == 0)
-    assert torch.all(cond[:, 4:, 0] == 1) and torch.all(cond[:, 4:, 1:] == 0)
-    with pytest.raises(ValueError, match="video_latent has 2 frames; expected 1 or 5"):
+    torch.testing.assert_close(cond[:, 4:], latent)  # the clip's latent as given, every frame
+    # The mask, built independently: pixel frame p (0..16) is known iff p == 0; latent frame 0 holds pixel frame 0
+    # repeated 4 times, latent frame f >= 1 holds pixel frames 4f - 3 .. 4f, one per channel.
+    pixels = [1.0] * 4 + [0.0] * 16  # first frame repeated, then frames 1..16
+    for f in range(5):
+        for c in range(4):
+            assert torch.all(cond[:, c, f] == pixels[4 * f + c]), (f, c)
+    with pytest.raises(ValueError, match=r"1-frame latent \(2, 4, 1, 3, 3\).*whole pixel clip \[first frame, zero"):
+        i2v_condition(torch.ones(2, 4, 1, 3, 3), num_frames=5)
+    with pytest.raises(ValueError, match="1-frame latent"):
+        i2v_condition(torch.ones(2, 4, 1, 3, 3))
+    with pytest.raises(ValueError, match="video_latent has 2 latent frames; expected 5"):
         i2v_condition(torch.ones(2, 4, 2, 3, 3), num_frames=5)
+    assert i2v_condition(torch.ones(1, 4, 1, 2, 2), num_frames=1).shape == (1, 8, 1, 2, 2)  # a 1-frame clip is fine
+
+
+@pytest.mark.parametrize(
+    ("sampling", "shift", "median", "below_03"),
+    [
+        ("uniform", 1.0, 0.5, 0.300),
+        ("uniform", 3.0, 0.75, 0.125),
+        ("uniform", 5.0, 0.8333, 0.0789),
+        ("logit_normal", 3.0, 0.75, 0.026),
+        ("logit_normal", 5.0, 0.8333, 0.0070),
+    ],
+)
+def test_training_sigma_distribution_is_documented_and_exact(sampling, shift, median, below_03):
+    fm = FlowMatching(shift=shift, sampling=sampling)
+    assert fm.median() == pytest.approx(median, abs=1e-4)
+    assert fm.cdf(0.3) == pytest.approx(below_03, abs=5e-4)
+    draws = fm.sample_sigmas(200_000, torch.Generator().manual_seed(0))
+    assert (draws < 0.3).float().mean().item() == pytest.approx(fm.cdf(0.3), abs=3e-3)
+    assert draws.median().item() == pytest.approx(fm.median(), abs=5e-3)
+
+
+def test_flow_matching_defaults_and_validation():
+    fm = FlowMatching()
+    assert (fm.sampling, fm.shift) == ("uniform", 5.0)  # DiffSynth-Studio's Wan training: uniform + shift 5
+    with pytest.raises(ValueError, match="unknown sigma sampling 'beta'"):
+        FlowMatching(sampling="beta")
+    with pytest.raises(ValueError, match="shift must be positive"):
+        FlowMatching(shift=0.0)
 
 
 @pytest.mark.slow

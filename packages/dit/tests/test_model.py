@@ -1,11 +1,12 @@
 """Unit tests of the DiT building blocks and the model's contracts."""
 
 import math
+import time
 
 import pytest
 import torch
 
-from cofe_dit import DiT, DiTConfig
+from cofe_dit import DiT, DiTConfig, is_fp32_parameter, materialize
 from cofe_dit.model import apply_rope, rope_grid, rope_tables, sinusoidal_embedding
 
 
@@ -223,6 +224,132 @@ def test_pure_bf16_model_runs_with_fp32_rope():
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     assert all(table.dtype == torch.float32 for table in model.rope_tables(x.device))
     assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+ISLANDS_T2V = {
+    "time_embedding.0.weight",
+    "time_embedding.0.bias",
+    "time_embedding.2.weight",
+    "time_embedding.2.bias",
+    "time_projection.1.weight",
+    "time_projection.1.bias",
+    "head.modulation",
+}
+
+
+def test_fp32_islands_are_the_documented_set():
+    model = DiT(DiTConfig.from_name("tiny-i2v", face_dim=24))
+    names = set(model.fp32_parameter_names())
+    block0 = {n for n in names if n.startswith("blocks.0.")}
+    assert block0 == {
+        "blocks.0.modulation",
+        "blocks.0.norm3.weight",
+        "blocks.0.norm3.bias",
+        "blocks.0.self_attn.norm_q.weight",
+        "blocks.0.self_attn.norm_k.weight",
+        "blocks.0.cross_attn.norm_q.weight",
+        "blocks.0.cross_attn.norm_k.weight",
+        "blocks.0.cross_attn.norm_k_img.weight",
+        "blocks.0.cross_attn.face.norm_k.weight",
+    }
+    rest = {n for n in names if not n.startswith("blocks.")}
+    assert rest == ISLANDS_T2V | {f"img_emb.proj.{i}.{p}" for i in (0, 4) for p in ("weight", "bias")}
+    assert not is_fp32_parameter("blocks.0.ffn.0.weight") and not is_fp32_parameter("patch_embedding.weight")
+
+
+def test_bf16_cast_keeps_the_islands_fp32_and_their_path_exact():
+    cfg = DiTConfig.from_name("tiny")
+    torch.manual_seed(0)
+    ref = _nonzero_head(DiT(cfg)).eval()
+    with torch.no_grad():
+        for p in ref.parameters():  # every weight matters (modulation and norms included)
+            p.add_(0.05 * torch.randn_like(p))
+    cast, naive = DiT(cfg).eval(), DiT(cfg).eval()
+    cast.load_state_dict(ref.state_dict())
+    naive.load_state_dict(ref.state_dict())
+    cast.to(torch.bfloat16)
+    for p in naive.parameters():
+        p.data = p.data.bfloat16()  # what a cast without islands does
+    for name, p in cast.named_parameters():
+        assert p.dtype == (torch.float32 if is_fp32_parameter(name) else torch.bfloat16), name
+    assert cast.blocks[0].ffn[0].weight.dtype == torch.bfloat16
+    # .half() and .bfloat16() too; an upcast is allowed.
+    assert DiT(cfg).half().time_projection[1].weight.dtype == torch.float32
+    assert DiT(cfg).double().time_projection[1].weight.dtype == torch.float64
+    # The AdaLN path every block sees (timestep MLP, projection, + table) is the fp32 model's exactly; a naive
+    # cast is ~4e-3 off there. (At the output, the bf16 rounding of the linears' activations, ~0.4% with random
+    # weights, is shared by both casts and hides the difference.)
+    x, t, ctx = _inputs(cfg)
+    t = torch.tensor([999.0, 37.0])
+    with torch.no_grad():
+        errs = {}
+        for key, m in (("cast", cast), ("naive", naive)):
+            _, e = m.embed_time(t, 1)
+            _, e_ref = ref.embed_time(t, 1)
+            table = m.blocks[0].modulation.float()[None] + e
+            table_ref = ref.blocks[0].modulation[None] + e_ref
+            errs[key] = ((table - table_ref).abs().max() / table_ref.abs().max()).item()
+        out, expected = cast(x, t, ctx).float(), ref(x, t, ctx)
+    assert errs["cast"] == 0.0 and errs["naive"] > 1e-3, errs
+    assert (out - expected).abs().max() < 0.02 * expected.abs().max()
+
+
+def test_islands_stay_fp32_under_a_bf16_default_dtype():
+    """Lightning's "bf16-true" builds modules with torch.set_default_dtype(torch.bfloat16)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        model = DiT(DiTConfig.from_name("tiny"))
+    finally:
+        torch.set_default_dtype(old)
+    assert model.time_embedding[0].weight.dtype == torch.float32 and model.blocks[1].modulation.dtype == torch.float32
+    assert model.blocks[0].ffn[0].weight.dtype == torch.bfloat16
+
+
+def test_a_14b_preset_builds_on_meta_in_seconds():
+    cfg = DiTConfig.from_name("wan2.1-i2v-14b", face_dim=5120)
+    start = time.perf_counter()
+    with torch.device("meta"):
+        model = DiT(cfg)
+    elapsed = time.perf_counter() - start
+    assert all(p.is_meta for p in model.parameters())
+    assert sum(p.numel() for p in model.parameters()) == cfg.num_params()  # 17.7e9 parameters, none allocated
+    assert elapsed < 30, f"building the 14B model on meta took {elapsed:.1f} s"
+
+
+def test_materialize_gives_the_same_weights_as_a_plain_build():
+    cfg = DiTConfig.from_name("tiny-i2v", face_dim=24)
+    torch.manual_seed(5)
+    plain = DiT(cfg)
+    with torch.device("meta"):
+        lazy = DiT(cfg)
+    torch.manual_seed(5)
+    materialize(lazy)
+    ref = plain.state_dict()
+    for k, v in lazy.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+    # Every tensor is written by reset_parameters: garbage from to_empty never survives.
+    filled = DiT(cfg)
+    with torch.no_grad():
+        for p in filled.parameters():
+            p.fill_(float("nan"))
+    torch.manual_seed(5)
+    filled.reset_parameters()
+    assert all(torch.equal(v, ref[k]) for k, v in filled.state_dict().items())
+    # The initialisation is Wan's: zero head and face output, unit norms, N(0, 1/D) tables.
+    assert torch.all(plain.head.head.weight == 0) and torch.all(plain.blocks[0].cross_attn.face.o.weight == 0)
+    assert torch.all(plain.blocks[0].norm3.weight == 1) and torch.all(plain.blocks[0].norm3.bias == 0)
+    big = DiT(DiTConfig.from_name("tiny", dim=256, num_heads=16, num_layers=1))
+    assert big.blocks[0].modulation.std().item() == pytest.approx(1 / 16, rel=0.1)
+    bf16 = materialize(_meta(cfg), dtype=torch.bfloat16)
+    assert bf16.blocks[0].ffn[0].weight.dtype == torch.bfloat16 and bf16.blocks[0].modulation.dtype == torch.float32
+    with pytest.raises(KeyError, match="not parameters of this DiT"):
+        plain.init_parameters(["blocks.0.bogus"])
+
+
+def _meta(cfg):
+    with torch.device("meta"):
+        return DiT(cfg)
 
 
 def test_fsdp2_wraps_every_block(tmp_path):

@@ -5,21 +5,41 @@ Example:
     >>> from cofe_dit import DiT, DiTConfig, SamplerConfig, sample
     >>> model = DiT(DiTConfig.from_name("tiny")).eval()
     >>> ctx = torch.randn(1, 8, model.cfg.text_dim)
-    >>> latent = sample(model, (1, 4, 3, 8, 8), ctx, config=SamplerConfig(steps=2, text_scale=1.0), seed=0)
+    >>> config = SamplerConfig.from_defaults(model.cfg, steps=2, text_scale=1.0)
+    >>> latent = sample(model, (1, 4, 3, 8, 8), ctx, config=config, seed=0)
     >>> latent.shape
     torch.Size([1, 4, 3, 8, 8])
 """
 
-from cofe_dit.checkpoint import CheckpointError, LoadReport, from_pretrained, load_into, read_state_dict, save
-from cofe_dit.config import PRESETS, DiTConfig
+from cofe_dit.checkpoint import (
+    CheckpointError,
+    LoadReport,
+    from_pretrained,
+    load_into,
+    read_state_dict,
+    resolve_config,
+    save,
+)
+from cofe_dit.config import (
+    PRESETS,
+    WAN_I2V_NEGATIVE_PROMPT,
+    WAN_NEGATIVE_PROMPT,
+    DiTConfig,
+    SamplingDefaults,
+    best_output_size,
+    output_size,
+    preset_for,
+)
 from cofe_dit.flow import FlowMatching, add_noise, first_frame_mask, i2v_condition, per_token_timesteps, shift_sigmas
-from cofe_dit.model import DiT, DiTBlock
-from cofe_dit.sampling import GuidedVelocity, SamplerConfig, sample, sigma_schedule, solve
+from cofe_dit.model import DiT, DiTBlock, is_fp32_parameter, materialize
+from cofe_dit.sampling import GuidedVelocity, SamplerConfig, model_timestep, sample, sigma_schedule, solve
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "PRESETS",
+    "WAN_I2V_NEGATIVE_PROMPT",
+    "WAN_NEGATIVE_PROMPT",
     "CheckpointError",
     "DiT",
     "DiTBlock",
@@ -28,13 +48,21 @@ __all__ = [
     "GuidedVelocity",
     "LoadReport",
     "SamplerConfig",
+    "SamplingDefaults",
     "add_noise",
+    "best_output_size",
     "first_frame_mask",
     "from_pretrained",
     "i2v_condition",
+    "is_fp32_parameter",
     "load_into",
+    "materialize",
+    "model_timestep",
+    "output_size",
     "per_token_timesteps",
+    "preset_for",
     "read_state_dict",
+    "resolve_config",
     "sample",
     "save",
     "shift_sigmas",

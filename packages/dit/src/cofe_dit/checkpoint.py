@@ -6,23 +6,32 @@ mapped onto them (the inverse of diffusers' ``scripts/convert_wan_to_diffusers.p
 Loading is strict: every tensor the model needs must be present with the right shape, and nothing may be left
 over. The only tolerated gap is the zero-initialised face branch (absent from every released Wan checkpoint),
 which is reported, not silently skipped. Only safetensors (or ``torch.load(weights_only=True)``) are read.
+
+Loading is lazy and never holds weights twice: ``from_pretrained`` builds the model on the ``meta`` device, reads
+names, shapes and dtypes from the safetensors headers, and fills each parameter straight in its final dtype and
+device, one tensor at a time. A tensor already in its final dtype on the CPU is the memory-mapped file itself
+(copy-on-write: training never writes to the file), so a bf16 checkpoint loaded as bf16 costs only the pages
+touched; a tensor that must be cast or moved is read into one temporary buffer. The fp32 islands of the model
+(``cofe_dit.model.is_fp32_parameter``) stay fp32 whatever ``dtype`` is asked for. ``save`` streams tensor by
+tensor too (one device-to-host copy at a time) into the safetensors format.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
-from torch import Tensor
+from torch import Tensor, nn
 
-from cofe_dit.config import DiTConfig
-from cofe_dit.model import DiT
+from cofe_dit.config import DiTConfig, with_preset_defaults
+from cofe_dit.model import DiT, is_fp32_parameter
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
@@ -135,27 +144,133 @@ def weight_files(path: str | Path) -> list[Path]:
     return files
 
 
-def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Tensor]:
-    """Read every tensor behind ``path`` (see ``weight_files``). Never unpickles arbitrary objects."""
-    state: dict[str, Tensor] = {}
-    for file in weight_files(path):
-        if file.suffix == ".safetensors":
+# safetensors dtype names <-> torch dtypes (the format's own table).
+_ST_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+_MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
+
+
+@dataclass
+class _Entry:
+    """One tensor in a checkpoint file: where it is and what it is, without its data."""
+
+    file: Path
+    key: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    offset: int = 0  # absolute byte offset of the data (safetensors)
+    nbytes: int = 0
+    tensor: Tensor | None = None  # torch files: the (memory-mapped where possible) loaded tensor
+
+
+def _safetensors_entries(file: Path) -> list[_Entry]:
+    """Parse a safetensors header (8-byte little-endian length, JSON) and check the data fits in the file."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                raise ValueError("file shorter than its 8-byte header length")
+            (n,) = struct.unpack("<Q", raw)
+            if n > _MAX_HEADER or 8 + n > size:
+                raise ValueError(f"header length {n} does not fit the file ({size} bytes)")
+            header = json.loads(fh.read(n))
+        entries, end = [], 0
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            begin, stop = info["data_offsets"]
+            dtype = _ST_DTYPES[info["dtype"]]
+            entries.append(_Entry(file, key, tuple(info["shape"]), dtype, 8 + n + begin, stop - begin))
+            end = max(end, stop)
+        if 8 + n + end > size:
+            raise ValueError(f"truncated: the header indexes {8 + n + end} bytes, the file has {size}")
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        raise CheckpointError(f"cannot read {file}: {exc}") from exc
+    return entries
+
+
+class _Reader:
+    """The tensors behind a checkpoint path: names, shapes and dtypes up front, data one tensor at a time."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.entries: dict[str, _Entry] = {}
+        for file in weight_files(path):
+            if file.suffix == ".safetensors":
+                part = {e.key: e for e in _safetensors_entries(file)}
+            else:
+                part = {k: _Entry(file, k, tuple(t.shape), t.dtype, tensor=t) for k, t in _torch_file(file).items()}
+            overlap = set(part) & set(self.entries)
+            if overlap:
+                raise CheckpointError(f"{file} repeats keys found in another shard: {sorted(overlap)[:5]}")
+            self.entries.update(part)
+
+    def read(self, key: str, dtype: torch.dtype, device: torch.device, *, zero_copy: bool = True) -> Tensor:
+        """The tensor ``key`` in ``dtype`` on ``device``.
+
+        With ``zero_copy`` and no cast or move needed, this is the memory-mapped file (copy-on-write); otherwise the
+        bytes are read into one buffer that is dropped once converted, so nothing is held twice.
+        """
+        e = self.entries[key]
+        if e.tensor is not None:
+            out = e.tensor.to(device=device, dtype=dtype)
+            return out.clone() if (out is e.tensor and not zero_copy) else out
+        if zero_copy and dtype == e.dtype and device.type == "cpu":
             try:
-                with safe_open(str(file), framework="pt", device=str(device)) as f:
-                    part = {k: f.get_tensor(k) for k in f.keys()}
-            except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
-                raise CheckpointError(f"cannot read {file}: {exc}") from exc
+                with safe_open(str(e.file), framework="pt", device="cpu") as fh:
+                    return fh.get_tensor(e.key)
+            except Exception as exc:  # safetensors raises its own error types for corrupt files
+                raise CheckpointError(f"cannot read {e.file} ({e.key}): {exc}") from exc
+        buf = bytearray(e.nbytes)
+        with open(e.file, "rb") as fh:
+            fh.seek(e.offset)
+            if fh.readinto(buf) != e.nbytes:
+                raise CheckpointError(f"cannot read {e.file} ({e.key}): truncated")
+        if e.nbytes == 0:
+            t = torch.empty(e.shape, dtype=e.dtype)
         else:
-            part = torch.load(file, map_location=device, weights_only=True)
-            if isinstance(part, Mapping) and "state_dict" in part and isinstance(part["state_dict"], Mapping):
-                part = part["state_dict"]
-            if not isinstance(part, Mapping):
-                raise CheckpointError(f"{file} does not hold a state dict (found {type(part).__name__})")
-        overlap = set(part) & set(state)
-        if overlap:
-            raise CheckpointError(f"{file} repeats keys found in another shard: {sorted(overlap)[:5]}")
-        state.update(part)
-    return state
+            t = torch.frombuffer(buf, dtype=e.dtype).reshape(e.shape)
+        out = t.to(device=device, dtype=dtype)
+        return out.clone() if out.data_ptr() == t.data_ptr() and e.nbytes else out
+
+
+def _torch_file(file: Path) -> Mapping[str, Tensor]:
+    """A ``.pt`` / ``.pth`` / ``.bin`` state dict, memory-mapped when the file format allows, never unpickling code."""
+    try:
+        part = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):  # legacy (pre-zipfile) torch files cannot be memory-mapped
+            raise
+        part = torch.load(file, map_location="cpu", weights_only=True)
+    if isinstance(part, Mapping) and "state_dict" in part and isinstance(part["state_dict"], Mapping):
+        part = part["state_dict"]
+    if not isinstance(part, Mapping):
+        raise CheckpointError(f"{file} does not hold a state dict (found {type(part).__name__})")
+    return {k: v for k, v in part.items() if isinstance(v, Tensor)}
+
+
+def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """Read every tensor behind ``path`` (see ``weight_files``). Never unpickles arbitrary objects.
+
+    On the CPU the tensors are memory-mapped (read lazily, copy-on-write).
+    """
+    reader = _Reader(path)
+    device = torch.device(device)
+    return {k: reader.read(k, e.dtype, device) for k, e in reader.entries.items()}
 
 
 def detect_layout(keys: Iterable[str]) -> str:
@@ -166,64 +281,136 @@ def detect_layout(keys: Iterable[str]) -> str:
     return "wan"
 
 
+def _wan_key(key: str, patterns: list[tuple[re.Pattern, str]]) -> str | None:
+    """The Wan name of a diffusers key (None for keys the architecture never used)."""
+    if any(p.search(key) for p in _IGNORED):
+        return None
+    for pattern, repl in patterns:
+        new, n = pattern.subn(repl, key)
+        if n:
+            return new
+    return key
+
+
 def to_wan_layout(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Rename a diffusers ``WanTransformer3DModel`` state dict to Wan names (unknown keys pass through)."""
     patterns = [(re.compile(p), r) for p, r in _DIFFUSERS_TO_WAN]
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        if any(p.search(key) for p in _IGNORED):
-            continue
-        for pattern, repl in patterns:
-            new, n = pattern.subn(repl, key)
-            if n:
-                key = new
-                break
-        out[key] = value
+    return {new: v for k, v in state.items() if (new := _wan_key(k, patterns)) is not None}
+
+
+def _prefix(keys: Iterable[str]) -> str:
+    """Wrapper prefixes (``module.``, ``model.``, ``_orig_mod.``, ``dit.``) shared by every key."""
+    keys = list(keys)
+    out = ""
+    for prefix in ("module.", "model.", "_orig_mod.", "dit."):
+        if keys and all(k.startswith(out + prefix) for k in keys):
+            out += prefix
     return out
 
 
 def _strip_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Drop wrapper prefixes (``model.``, ``module.``, ``_orig_mod.``) shared by every key."""
-    state = dict(state)
-    for prefix in ("module.", "model.", "_orig_mod.", "dit."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state
+    """Drop wrapper prefixes shared by every key."""
+    p = _prefix(state)
+    return {k[len(p) :]: v for k, v in state.items()}
 
 
-def load_into(model: DiT, path: str | Path, *, strict: bool = True) -> LoadReport:
-    """Load weights from ``path`` into ``model`` in place.
+def _wan_names(reader: _Reader) -> tuple[dict[str, str], str]:
+    """``{wan name: key in the file}`` and the layout of the checkpoint."""
+    p = _prefix(reader.entries)
+    stripped = {k[len(p) :]: k for k in reader.entries}
+    layout = detect_layout(stripped)
+    if layout == "wan":
+        return stripped, layout
+    patterns = [(re.compile(x), r) for x, r in _DIFFUSERS_TO_WAN]
+    return {new: raw for k, raw in stripped.items() if (new := _wan_key(k, patterns)) is not None}, layout
+
+
+def _shapes(reader: _Reader, names: Mapping[str, str]) -> dict[str, Tensor]:
+    """Meta tensors with the checkpoint's shapes (what ``compare`` and ``infer_config`` need, no data)."""
+    return {wan: torch.empty(reader.entries[raw].shape, device="meta") for wan, raw in names.items()}
+
+
+def load_into(
+    model: DiT,
+    path: str | Path,
+    *,
+    strict: bool = True,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> LoadReport:
+    """Load weights from ``path`` into ``model``, one tensor at a time.
+
+    Works for a model built on the ``meta`` device (``with torch.device("meta"): DiT(cfg)``): each parameter is
+    replaced by the checkpoint's tensor in its final dtype and device (memory-mapped when no cast or move is
+    needed); parameters the checkpoint does not have (the face branch) are then allocated and given their proper
+    initialisation. For an ordinary model the parameters are filled in place (``copy_``, one temporary buffer at a
+    time) unless ``dtype`` or ``device`` asks to change them, in which case they are replaced. Parameters that
+    are sharded ``DTensor``s (FSDP2 ``fully_shard``) get their local shard of each tensor.
 
     Args:
         model: the DiT to fill.
         path: a ``.safetensors`` file, a ``*.safetensors.index.json``, or a directory (Wan or diffusers export).
         strict: raise ``CheckpointError`` on any missing, unexpected or mis-shaped tensor (the face branch is the
             only thing allowed to be absent). With ``strict=False`` matching tensors load and the report lists the rest.
+        dtype: the dtype of the parameters (the fp32 islands stay fp32); None keeps each parameter's dtype.
+        device: where the parameters go; None keeps materialised parameters where they are and puts meta ones on
+            the CPU.
 
     Returns:
         The ``LoadReport``.
     """
-    raw = _strip_prefix(read_state_dict(path))
-    layout = detect_layout(raw)
-    state = to_wan_layout(raw) if layout == "diffusers" else raw
-    report = compare(model, state, source=str(path), layout=layout)
+    reader = _Reader(path)
+    names, layout = _wan_names(reader)
+    shapes = _shapes(reader, names)
+    report = compare(model, shapes, source=str(path), layout=layout)
     if strict and not report.ok:
         first, *rest = report.summary().split("\n")
-        hint = _preset_hint(state, model.cfg)
+        hint = _preset_hint(shapes, model.cfg)
         raise CheckpointError("\n".join([first, *([f"  {hint}"] if hint else []), *rest]))
-    own = model.state_dict()
-    good = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    device = torch.device(device) if device is not None else None
+    loaded, fresh = 0, []
     with torch.no_grad():
-        for key, value in good.items():
-            own[key].copy_(value.to(own[key].dtype))
-    report.loaded = len(good)
+        for name, module, pname, param in list(model._named_tensors()):
+            want_dtype = (torch.float32 if is_fp32_parameter(name) else dtype) if dtype is not None else param.dtype
+            want_device = device or (torch.device("cpu") if param.is_meta else param.device)
+            key = names.get(name)
+            if key is None or tuple(reader.entries[key].shape) != tuple(param.shape):
+                if param.is_meta or want_dtype != param.dtype or want_device != param.device:
+                    new = torch.empty(param.shape, dtype=want_dtype, device=want_device)
+                    module._parameters[pname] = nn.Parameter(new, requires_grad=param.requires_grad)
+                    fresh.append(name)
+                continue
+            if _is_dtensor(param) and not param.is_meta:
+                _load_shard(param, reader.read(key, param.dtype, torch.device("cpu")))
+            elif param.is_meta or want_dtype != param.dtype or want_device != param.device:
+                value = reader.read(key, want_dtype, want_device)
+                module._parameters[pname] = nn.Parameter(value, requires_grad=param.requires_grad)
+            else:
+                param.copy_(reader.read(key, param.dtype, param.device, zero_copy=False))
+            loaded += 1
+    if fresh:
+        model.init_parameters(fresh)  # the face branch (or, non-strict, whatever was missing): Wan's init
+    model._rope_cache.clear()
+    report.loaded = loaded
     return report
 
 
+def _is_dtensor(t: Tensor) -> bool:
+    return type(t).__name__ == "DTensor" or type(getattr(t, "data", None)).__name__ == "DTensor"
+
+
+def _load_shard(param: Tensor, full: Tensor) -> None:
+    """Copy this rank's shard of the full tensor into a sharded (DTensor) parameter, without communication."""
+    from torch.distributed.tensor import distribute_tensor
+
+    local = distribute_tensor(full.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+    param.copy_(local)
+
+
 def compare(model: DiT, state: Mapping[str, Tensor], source: str = "<state dict>", layout: str = "wan") -> LoadReport:
-    """Compare a Wan-named state dict with the model's own tensors."""
-    own = model.state_dict()
+    """Compare a Wan-named state dict (or meta tensors of its shapes) with the model's own tensors."""
     report = LoadReport(source=source, layout=layout)
+    own = {name: param for name, _, _, param in model._named_tensors()}
     for key, value in own.items():
         if key not in state:
             (report.allowed_missing if ".cross_attn.face." in key else report.missing).append(key)
@@ -248,7 +435,8 @@ def infer_config(state: Mapping[str, Tensor], num_heads: int | None = None, **ov
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"cannot infer a Wan DiT config from this state dict (missing {exc})") from exc
     image_dim = state["img_emb.proj.1.weight"].shape[1] if "img_emb.proj.1.weight" in state else None
-    model_type = "i2v" if image_dim is not None else "t2v"
+    # Shapes cannot tell T2V from TI2V; the one 48-channel Wan (Wan2.2 VAE) is TI2V, as diffusers' configs imply.
+    model_type = "i2v" if image_dim is not None else ("ti2v" if in_dim == out_dim == 48 else "t2v")
     face_key = "blocks.0.cross_attn.face.k.weight"
     face_dim = state[face_key].shape[1] if face_key in state else None
     heads = num_heads or (dim // 128 if dim % 128 == 0 else None)
@@ -270,16 +458,23 @@ def infer_config(state: Mapping[str, Tensor], num_heads: int | None = None, **ov
         cross_attn_norm="blocks.0.norm3.weight" in state,
     )
     cfg.update(overrides)
-    return DiTConfig(**cfg)
+    out = _ti2v_stride(DiTConfig(**cfg)) if "vae_stride" not in overrides else DiTConfig(**cfg)
+    return out if "sampling" in overrides else with_preset_defaults(out, keep_vae_stride="vae_stride" in overrides)
+
+
+def _ti2v_stride(cfg: DiTConfig) -> DiTConfig:
+    """TI2V models (48 latent channels) go with the Wan2.2 VAE, 4x16x16; files that omit the stride mean that."""
+    return cfg.replace(vae_stride=(4, 16, 16)) if cfg.model_type == "ti2v" else cfg
 
 
 def config_from_diffusers(config: Mapping) -> DiTConfig:
-    """A ``DiTConfig`` from a diffusers ``WanTransformer3DModel`` ``config.json``."""
+    """A ``DiTConfig`` from a diffusers ``WanTransformer3DModel`` ``config.json`` (with the VAE stride and sampling
+    defaults of the preset of that architecture, which the file does not carry)."""
     heads, head_dim = config["num_attention_heads"], config["attention_head_dim"]
     in_dim, out_dim = config.get("in_channels", 16), config.get("out_channels") or config.get("in_channels", 16)
     image_dim = config.get("image_dim")
     model_type = "i2v" if image_dim else ("ti2v" if in_dim == 48 else "t2v")
-    return DiTConfig(
+    cfg = DiTConfig(
         name="diffusers",
         model_type=model_type,
         dim=heads * head_dim,
@@ -296,6 +491,7 @@ def config_from_diffusers(config: Mapping) -> DiTConfig:
         image_dim=image_dim,
         rope_max_len=config.get("rope_max_seq_len", 1024),
     )
+    return with_preset_defaults(_ti2v_stride(cfg))
 
 
 def config_from_wan(config: Mapping) -> DiTConfig:
@@ -316,6 +512,8 @@ def config_from_wan(config: Mapping) -> DiTConfig:
     if data.get("model_type") == "i2v" and data.get("image_dim") is None:
         data["image_dim"] = 1280
     data.setdefault("name", "wan")
+    if data.get("model_type") == "ti2v":
+        data.setdefault("vae_stride", (4, 16, 16))  # Wan's TI2V config.json omits it; TI2V is the Wan2.2 VAE
     return DiTConfig.from_dict(data)
 
 
@@ -332,14 +530,10 @@ def _preset_hint(state: Mapping[str, Tensor], cfg: DiTConfig) -> str:
     return ("the checkpoint is a different architecture: " + ", ".join(diffs)) if diffs else ""
 
 
-def from_pretrained(
-    path: str | Path, config: DiTConfig | str | None = None, *, strict: bool = True, **overrides
-) -> DiT:
-    """Build a DiT for a checkpoint and load it.
-
-    The config comes from ``config`` (a ``DiTConfig`` or preset name), else from a ``config.json`` beside the
-    weights (ours or diffusers'), else from the tensor shapes. ``overrides`` (e.g. ``face_dim=1024``) apply last.
-    """
+def resolve_config(path: str | Path, config: DiTConfig | str | None = None, **overrides) -> DiTConfig:
+    """The config ``from_pretrained`` builds for ``path``: ``config`` (a ``DiTConfig`` or preset name), else the
+    ``config.json`` beside the weights (ours, Wan's or diffusers'), else the tensor shapes (headers only); then
+    ``overrides``. A config without sampling defaults gets those of the preset with its architecture."""
     path = Path(path)
     if isinstance(config, str):
         cfg = DiTConfig.from_name(config)
@@ -350,18 +544,50 @@ def from_pretrained(
         folder = path if path.is_dir() else path.parent
         cfg_file = folder / "config.json"
         if cfg_file.exists():
-            data = json.loads(cfg_file.read_text())
+            try:
+                data = json.loads(cfg_file.read_text())
+            except json.JSONDecodeError as exc:
+                raise CheckpointError(f"{cfg_file} is not valid JSON: {exc}") from exc
             if "num_attention_heads" in data:
                 cfg = config_from_diffusers(data)
             elif "dim" in data and "num_layers" in data:
                 cfg = config_from_wan(data)
         if cfg is None:
-            raw = _strip_prefix(read_state_dict(path))
-            cfg = infer_config(to_wan_layout(raw) if detect_layout(raw) == "diffusers" else raw)
-    if overrides:
-        cfg = cfg.replace(**overrides)
-    model = DiT(cfg)
-    load_into(model, path, strict=strict)
+            reader = _Reader(path)
+            names, _ = _wan_names(reader)
+            cfg = infer_config(_shapes(reader, names))
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def from_pretrained(
+    path: str | Path,
+    config: DiTConfig | str | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    strict: bool = True,
+    **overrides,
+) -> DiT:
+    """Build a DiT for a checkpoint and load it without ever holding the weights twice.
+
+    The model is built on ``meta`` and each tensor is read straight into its final dtype and device (see
+    ``load_into``); the config comes from ``resolve_config``. ``overrides`` (e.g. ``face_dim=1536``) apply last.
+
+    Args:
+        path: a weight file, shard index or directory (Wan or diffusers layout).
+        config: a ``DiTConfig`` or preset name; None reads it from the checkpoint.
+        dtype: parameter dtype (e.g. ``torch.bfloat16``; the fp32 islands stay fp32); None: fp32.
+        device: parameter device; None: CPU.
+        strict: see ``load_into``.
+
+    Example:
+        >>> path = "/models/Wan2.1-T2V-1.3B-Diffusers/transformer"
+        >>> model = from_pretrained(path, dtype=torch.bfloat16)  # doctest: +SKIP
+    """
+    cfg = resolve_config(path, config, **overrides)
+    with torch.device("meta"):
+        model = DiT(cfg)
+    load_into(model, path, strict=strict, dtype=dtype, device=device)
     return model
 
 
@@ -370,51 +596,92 @@ def save(
 ) -> Path:
     """Save in the Wan layout as safetensors (sharded with an index past ``max_shard_bytes``) plus ``config.json``.
 
+    Streams: the header is written from shapes and dtypes, then each tensor's bytes, copied to the host one tensor
+    at a time, so no second copy of the model is ever held (a GPU model costs one tensor of host memory). Each file
+    is written to a temporary name and renamed when complete.
+
     Args:
-        model: the model to save.
+        model: the model to save (its tensors as they are: a bf16 model saves bf16, with fp32 islands).
         folder: output directory (created).
         max_shard_bytes: largest shard; bigger models get ``*-0000i-of-0000n.safetensors`` and an index.
-        only: optional key prefixes to save (e.g. the trained face branches).
+        only: optional key prefixes or substrings to save (e.g. the trained face branches).
 
     Returns:
         The folder.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = model.state_dict()  # references to the parameters, no copies
     if only is not None:
         prefixes = tuple(only)
         state = {k: v for k, v in state.items() if k.startswith(prefixes) or any(p in k for p in prefixes)}
-    shards: list[dict[str, Tensor]] = [{}]
+    for key, value in state.items():
+        if value.is_meta:
+            raise ValueError(f"cannot save {key}: it is on the meta device (materialise or load the model first)")
+        if _is_dtensor(value):
+            raise ValueError(f"cannot save {key}: it is a sharded DTensor; gather the full state dict first")
+        if value.dtype not in _ST_NAMES:
+            raise ValueError(f"cannot save {key}: dtype {value.dtype} has no safetensors name")
+    folder.mkdir(parents=True, exist_ok=True)
+    shards: list[list[str]] = [[]]
     size = 0
     for key, value in state.items():
         nbytes = value.numel() * value.element_size()
         if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
+            shards.append([])
             size = 0
-        shards[-1][key] = value
+        shards[-1].append(key)
         size += nbytes
     name = "diffusion_pytorch_model"
     meta = {"format": "pt", "layout": "wan"}
     if len(shards) == 1:
-        _atomic_save(shards[0], folder / f"{name}.safetensors", meta)
+        _write_safetensors(folder / f"{name}.safetensors", [(k, state[k]) for k in shards[0]], meta)
     else:
         weight_map = {}
-        for i, shard in enumerate(shards, 1):
+        for i, keys in enumerate(shards, 1):
             fname = f"{name}-{i:05d}-of-{len(shards):05d}.safetensors"
-            _atomic_save(shard, folder / fname, meta)
-            weight_map.update(dict.fromkeys(shard, fname))
+            _write_safetensors(folder / fname, [(k, state[k]) for k in keys], meta)
+            weight_map.update(dict.fromkeys(keys, fname))
         index = {
             "metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
             "weight_map": weight_map,
         }
-        (folder / f"{name}.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    cfg = model.cfg.to_dict()
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+        _atomic_text(folder / f"{name}.safetensors.index.json", json.dumps(index, indent=2))
+    _atomic_text(folder / "config.json", json.dumps(model.cfg.to_dict(), indent=2, ensure_ascii=False))
     return folder
 
 
-def _atomic_save(state: dict[str, Tensor], path: Path, meta: dict[str, str]) -> None:
+def _write_safetensors(path: Path, items: list[tuple[str, Tensor]], metadata: dict[str, str]) -> None:
+    """Write a safetensors file tensor by tensor: header from shapes and dtypes, then the data in header order."""
+    header: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for key, value in items:
+        nbytes = value.numel() * value.element_size()
+        header[key] = {
+            "dtype": _ST_NAMES[value.dtype],
+            "shape": list(value.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the format pads the header to 8 bytes
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(struct.pack("<Q", len(blob)))
+            fh.write(blob)
+            for _, value in items:
+                if value.numel() == 0:
+                    continue
+                t = value.detach().to("cpu").contiguous()  # one tensor on the host at a time
+                fh.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
     tmp.replace(path)

@@ -3,11 +3,12 @@
 Convention (Wan, SD3): ``x_sigma = (1 - sigma) * x0 + sigma * noise`` for ``sigma in [0, 1]``; the model predicts
 the velocity ``v = noise - x0`` and sees ``timestep = sigma * 1000``. The shift
 ``sigma' = s * sigma / (1 + (s - 1) * sigma)`` (Esser et al. 2024, "Scaling Rectified Flow Transformers", eq. 23)
-spends more steps at high noise; Wan samples with s = 5 (T2V) or 3 (480p I2V).
+spends more steps at high noise; Wan samples with s = 5 (T2V, TI2V, 720p I2V) or 3 (480p I2V).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,13 +34,43 @@ def velocity_target(x0: Tensor, noise: Tensor) -> Tensor:
     return noise - x0
 
 
+def unshift_sigmas(sigma: Tensor | float, shift: float):
+    """The inverse of ``shift_sigmas``: ``sigma / (s - (s - 1) * sigma)``."""
+    if shift <= 0:
+        raise ValueError(f"shift must be positive, got {shift}")
+    return sigma / (shift - (shift - 1) * sigma)
+
+
 @dataclass(frozen=True)
 class FlowMatching:
     """Training-side rectified flow.
 
+    Training sigmas are drawn as ``sigma = shift(u)`` with ``u ~ U(0, 1)`` (``uniform``, the default) or
+    ``u = sigmoid(N(logit_mean, logit_std))`` (``logit_normal``, SD3's density). The default, uniform + shift 5, is
+    the scheme of DiffSynth-Studio's Wan training (the fine-tuning code the Wan README points to):
+    ``FlowMatchScheduler("Wan")`` builds ``shift(linspace(1, 0, 1001)[:-1])`` with shift 5 and ``FlowMatchSFTLoss``
+    draws ``timestep_id = randint(0, 1000)`` uniformly from it (``diffsynth/diffusion/flow_match.py``,
+    ``loss.py``); DiffSynth then also weights the loss with a bell curve over the timestep
+    (``exp(-2 ((t - 500) / 1000)^2)`` shifted to zero at its minimum), which this class does not. Other evidence:
+    musubi-tuner's Wan recipes use ``--timestep_sampling shift --discrete_flow_shift 3.0``, i.e. logit-normal(0, 1)
+    + shift 3.
+
+    The distribution each choice gives (``cdf`` and ``median`` compute these exactly):
+
+        sampling       shift   median sigma   P(sigma < 0.3)
+        uniform        1       0.50           30.0%
+        uniform        3       0.75           12.5%
+        uniform        5       0.83            7.9%   <- default (DiffSynth-Studio, Wan)
+        logit_normal   1       0.50           19.8%
+        logit_normal   3       0.75            2.6%   (musubi-tuner's Wan recipe)
+        logit_normal   5       0.83            0.7%
+
+    Low sigmas (little noise) are where fine detail such as facial identity is refined; logit-normal + shift
+    almost never trains them.
+
     Attributes:
         shift: Wan shift applied to sampled sigmas.
-        sampling: ``uniform`` sigma ~ U(0, 1), or ``logit_normal`` sigma = sigmoid(N(mean, std)) (SD3).
+        sampling: ``uniform`` or ``logit_normal``.
         logit_mean, logit_std: parameters of the logit-normal density.
         num_train_timesteps: the model sees ``sigma * num_train_timesteps``.
     """
@@ -50,14 +81,37 @@ class FlowMatching:
     logit_std: float = 1.0
     num_train_timesteps: int = 1000
 
+    def __post_init__(self) -> None:
+        if self.shift <= 0:
+            raise ValueError(f"shift must be positive, got {self.shift}")
+        if self.sampling not in ("uniform", "logit_normal"):
+            raise ValueError(f"unknown sigma sampling {self.sampling!r}; choose 'uniform' or 'logit_normal'")
+        if self.logit_std <= 0:
+            raise ValueError(f"logit_std must be positive, got {self.logit_std}")
+
+    def cdf(self, sigma: float) -> float:
+        """``P(training sigma <= sigma)``, exactly."""
+        if sigma <= 0:
+            return 0.0
+        if sigma >= 1:
+            return 1.0
+        u = float(unshift_sigmas(sigma, self.shift))
+        if self.sampling == "uniform":
+            return u
+        z = (math.log(u / (1 - u)) - self.logit_mean) / self.logit_std
+        return 0.5 * (1 + math.erf(z / math.sqrt(2)))
+
+    def median(self) -> float:
+        """The median training sigma."""
+        u = 0.5 if self.sampling == "uniform" else 1 / (1 + math.exp(-self.logit_mean))
+        return float(shift_sigmas(torch.tensor(u, dtype=torch.float64), self.shift))
+
     def sample_sigmas(self, batch: int, generator: torch.Generator | None = None, device=None) -> Tensor:
         """Draw ``(batch,)`` training sigmas, shifted."""
         if self.sampling == "uniform":
             u = torch.rand(batch, generator=generator, device=device)
-        elif self.sampling == "logit_normal":
-            u = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(batch, generator=generator, device=device))
         else:
-            raise ValueError(f"unknown sigma sampling {self.sampling!r}")
+            u = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(batch, generator=generator, device=device))
         return shift_sigmas(u, self.shift)
 
     def timesteps(self, sigma: Tensor) -> Tensor:
@@ -114,26 +168,39 @@ def per_token_timesteps(timestep: Tensor, grid: tuple[int, int, int], given_fram
     return t.flatten(1)  # (B, L)
 
 
-def i2v_condition(video_latent: Tensor, num_frames: int, temporal_stride: int = 4) -> Tensor:
-    """Wan 2.1 I2V channel conditioning: 4 mask channels + the latent of the conditioning video.
+def i2v_condition(video_latent: Tensor, num_frames: int | None = None, temporal_stride: int = 4) -> Tensor:
+    """Wan 2.1 I2V channel conditioning: 4 mask channels + the VAE latent of the conditioning clip.
 
-    Wan's mask marks the first *pixel* frame as known; the VAE folds ``temporal_stride`` pixel frames into each
-    latent frame after the first, so the mask is stored as ``temporal_stride`` channels per latent frame.
+    Wan builds it in ``image2video.py`` (``WanI2V.generate``): the pixel clip is ``[first frame, zeros x (N - 1)]``
+    (N pixel frames, ``N = (F - 1) * temporal_stride + 1``), VAE-encoded whole (not a latent of the first frame
+    padded with zero latents: the VAE's encoding of zero frames is not zero); the pixel mask is 1 on frame 0 and 0
+    after, its first entry is repeated ``temporal_stride`` times (the VAE folds the first frame alone into latent
+    frame 0) and the ``F * temporal_stride`` values are reshaped into ``temporal_stride`` channels per latent frame.
 
     Args:
-        video_latent: ``(B, C, F, H, W)``: as in Wan, the VAE encoding of the first frame followed by zero frames;
-            or ``(B, C, 1, H, W)``, which is padded with zero latent frames.
-        num_frames: latent frames ``F``.
+        video_latent: ``(B, C, F, H, W)`` VAE latent (normalised as the DiT sees latents) of the whole pixel clip.
+        num_frames: latent frames ``F`` expected (optional check).
+        temporal_stride: the VAE's temporal compression (4 for Wan 2.1).
 
     Returns:
-        ``(B, temporal_stride + C, F, H, W)``.
+        ``(B, temporal_stride + C, F, H, W)``: mask channels, then the latent.
+
+    Raises:
+        ValueError: on a 1-frame latent (the first frame encoded alone) or a frame count other than ``num_frames``.
     """
-    first_latent = video_latent
-    b, c, given, h, w = first_latent.shape
-    if given not in (1, num_frames):
-        raise ValueError(f"video_latent has {given} frames; expected 1 or {num_frames}")
-    mask = torch.zeros(b, temporal_stride, num_frames, h, w, device=first_latent.device, dtype=first_latent.dtype)
-    mask[:, :, 0] = 1
-    video = torch.zeros(b, c, num_frames, h, w, device=first_latent.device, dtype=first_latent.dtype)
-    video[:, :, :given] = first_latent
-    return torch.cat([mask, video], dim=1)
+    if video_latent.ndim != 5:
+        raise ValueError(f"video_latent must be (B, C, F, H, W), got shape {tuple(video_latent.shape)}")
+    b, _, f, h, w = video_latent.shape
+    if f == 1 and num_frames != 1:
+        raise ValueError(
+            f"i2v_condition got a 1-frame latent {tuple(video_latent.shape)}: Wan conditions on the VAE latent of "
+            "the whole pixel clip [first frame, zero frames] (N pixel frames -> (N - 1) // 4 + 1 latent frames), "
+            "not on the first frame encoded alone; encode that clip and pass its latent"
+        )
+    if num_frames is not None and f != num_frames:
+        raise ValueError(f"video_latent has {f} latent frames; expected {num_frames}")
+    pixel = torch.zeros(b, (f - 1) * temporal_stride + 1, h, w, device=video_latent.device, dtype=video_latent.dtype)
+    pixel[:, 0] = 1  # (B, N, H, W): the first pixel frame is known
+    mask = torch.cat([pixel[:, :1].repeat_interleave(temporal_stride, dim=1), pixel[:, 1:]], dim=1)  # (B, F*s, H, W)
+    mask = mask.view(b, f, temporal_stride, h, w).transpose(1, 2)  # (B, s, F, H, W)
+    return torch.cat([mask, video_latent], dim=1)  # (B, s + C, F, H, W)

@@ -13,7 +13,26 @@ On top of Wan, every block can take extra context tokens (for CoFE: fused face t
 cross-attention branch whose output projection starts at zero, so a pretrained model is unchanged until trained.
 
 Numerics: the residual stream, norms, AdaLN modulation, RoPE and the timestep embedding are computed in fp32;
-under ``torch.autocast`` the linear layers and attention run in bf16/fp16.
+under ``torch.autocast`` the linear layers and attention run in bf16/fp16. These tensors also *stay* fp32 when the
+model is cast with ``model.to(torch.bfloat16)`` / ``.half()`` / ``.bfloat16()`` (the "fp32 islands", see
+``is_fp32_parameter``):
+
+    time_embedding.*            the timestep MLP (sinusoid -> D -> D)
+    time_projection.*           its AdaLN projection (D -> 6D)
+    blocks.N.modulation         every block's AdaLN table (1, 6, D)
+    head.modulation             the output head's table (1, 2, D)
+    *.norm*.weight / .bias      every norm's affine parameters (q/k RMS norms, the cross-attention LayerNorm)
+    img_emb.proj.0 / .4         the LayerNorms of the I2V image projection
+    RoPE tables                 not parameters: built in fp32 per device
+
+This is the set diffusers keeps in fp32 for Wan (``WanTransformer3DModel._keep_in_fp32_modules``: rope,
+time_embedder, scale_shift_table, norm1, norm2, norm3) plus the AdaLN projection and the q/k norm weights, which
+Wan computes in fp32 (``WanModel.forward`` runs ``time_embedding`` and ``time_projection`` under an fp32 autocast
+and asserts fp32 modulation). Everything else (the linears, patch embedding, attention) takes the cast dtype.
+
+Construction is lazy: modules are built on the ``meta`` device and then materialised on the ambient default
+device with Wan's initialisation, so ``with torch.device("meta"): DiT(cfg)`` builds even a 14B model instantly
+and allocates nothing; ``materialize`` (or ``to_empty`` + ``reset_parameters``) initialises it later.
 
 Shape legend:
     B batch, C latent channels, F/H/W latent frames/height/width, L = F'H'W' video tokens after patching,
@@ -23,7 +42,8 @@ Shape legend:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +51,17 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from cofe_dit.config import DiTConfig
+
+# Parameters that stay fp32 whatever dtype the model is cast to (see the module docstring).
+_FP32_PARAMETER = re.compile(
+    r"^(time_embedding|time_projection)\.|(^|\.)modulation$|(^|\.)norm[^.]*\.(weight|bias)$|^img_emb\.proj\.[04]\."
+)
+
+
+def is_fp32_parameter(name: str) -> bool:
+    """Whether the parameter ``name`` (a Wan-layout key) is one of the DiT's fp32 islands."""
+    return _FP32_PARAMETER.search(name) is not None
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Embeddings and norms
@@ -357,40 +388,107 @@ class DiT(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.dim
-        self.patch_embedding = nn.Conv3d(cfg.in_dim, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
-        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
-        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
-        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
-        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.num_layers))
-        self.head = Head(cfg)
-        self.img_emb = ImageEmbedding(cfg.image_dim, d) if cfg.model_type == "i2v" else None
+        target = torch.get_default_device()
+        # Build on meta (no memory, no random init), then materialise once with Wan's initialisation: one pass of
+        # initialisation, and under an ambient `torch.device("meta")` nothing is allocated at all.
+        with torch.device("meta"):
+            self.patch_embedding = nn.Conv3d(cfg.in_dim, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+            self.text_embedding = nn.Sequential(
+                nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d)
+            )
+            self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
+            self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+            self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.num_layers))
+            self.head = Head(cfg)
+            self.img_emb = ImageEmbedding(cfg.image_dim, d) if cfg.model_type == "i2v" else None
+        # The islands are fp32 even when the default dtype is not (e.g. Lightning's "bf16-true" init context).
+        for name, module, pname, param in self._named_tensors():
+            if is_fp32_parameter(name) and param.dtype != torch.float32:
+                module._parameters[pname] = nn.Parameter(param.float(), requires_grad=param.requires_grad)
         # RoPE tables stay fp32 whatever the model dtype: kept out of the buffers that `.to(dtype)` casts.
         self._rope_cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self.gradient_checkpointing = False
         self.check_inputs = True
-        self.reset_parameters()
+        if target.type != "meta":
+            self.to_empty(device=target)
+            self.reset_parameters()
 
     # FSDP / activation-checkpointing unit: wrap each block (e.g. ModuleWrapPolicy({DiTBlock})).
     block_class = DiTBlock
 
+    def _named_tensors(self):
+        """``(full name, owning module, local name, parameter)`` for every parameter."""
+        for mname, module in self.named_modules():
+            for pname, param in module.named_parameters(recurse=False):
+                yield (f"{mname}.{pname}" if mname else pname), module, pname, param
+
+    def fp32_parameter_names(self) -> list[str]:
+        """Names of the parameters kept in fp32 under any cast (see the module docstring)."""
+        return [name for name, *_ in self._named_tensors() if is_fp32_parameter(name)]
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True):
+        # `.to(dtype)`, `.half()`, `.bfloat16()` all reach here: keep the fp32 islands fp32 (moving them to the new
+        # device only); upcasts (e.g. `.double()`) and dtype-preserving ops (`to_empty`, device moves) pass through.
+        keep = {id(p) for name, _, _, p in self._named_tensors() if is_fp32_parameter(name)}
+
+        def guarded(t: Tensor) -> Tensor:
+            out = fn(t)
+            if id(t) in keep and t.dtype == torch.float32 and out.dtype in (torch.float16, torch.bfloat16):
+                return t.detach().to(device=out.device)
+            return out
+
+        return super()._apply(guarded, recurse)
+
+    @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Wan's initialisation: Xavier-uniform linears, zero biases, N(0, 0.02) embeddings, zero head."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
-        nn.init.zeros_(self.patch_embedding.bias)
-        for seq in (self.text_embedding, self.time_embedding):
-            for m in seq:
-                if isinstance(m, nn.Linear):
-                    nn.init.normal_(m.weight, std=0.02)
-        nn.init.zeros_(self.head.head.weight)
-        nn.init.zeros_(self.head.head.bias)
-        for block in self.blocks:
-            if block.cross_attn.face is not None:
-                nn.init.zeros_(block.cross_attn.face.o.weight)
-                nn.init.zeros_(block.cross_attn.face.o.bias)
+        """Wan's initialisation of every parameter (``WanModel.init_weights``): Xavier-uniform linears and patch
+        embedding (over its flattened kernel), zero biases, N(0, 0.02) text/time embeddings, zero output head,
+        unit norms, AdaLN tables ~ N(0, 1/D), and the face branch's output projection at zero.
+
+        Every tensor is written, so this also initialises a model materialised with ``to_empty``.
+        """
+        self.init_parameters()
+
+    @torch.no_grad()
+    def init_parameters(self, names: Iterable[str] | None = None) -> None:
+        """Initialise the parameters named in ``names`` (all when None) as ``reset_parameters`` does.
+
+        Raises:
+            KeyError: for a name that is not a parameter of the model.
+        """
+        wanted = None if names is None else set(names)
+        seen = set()
+        for name, module, pname, param in self._named_tensors():
+            if wanted is not None and name not in wanted:
+                continue
+            seen.add(name)
+            self._init_tensor(name, module, pname, param)
+        if wanted is not None and wanted - seen:
+            raise KeyError(f"not parameters of this DiT: {sorted(wanted - seen)[:5]}")
+
+    def _init_tensor(self, name: str, module: nn.Module, pname: str, p: Tensor) -> None:
+        mname = name[: -len(pname) - 1] if name != pname else ""
+        if pname == "modulation":
+            nn.init.normal_(p, std=1.0 / self.cfg.dim**0.5)
+        elif pname == "bias" and isinstance(module, (nn.Linear, nn.Conv3d, LayerNorm, nn.LayerNorm)):
+            nn.init.zeros_(p)
+        elif isinstance(module, nn.Linear):
+            if mname == "head.head" or mname.endswith("cross_attn.face.o"):
+                nn.init.zeros_(p)  # zero head (Wan); zero face output (the branch starts as a no-op)
+            elif mname.startswith(("text_embedding.", "time_embedding.")):
+                nn.init.normal_(p, std=0.02)
+            else:
+                nn.init.xavier_uniform_(p)
+        elif isinstance(module, nn.Conv3d):
+            # Wan: xavier_uniform_(weight.flatten(1)), i.e. fan_in = C_in * kernel, fan_out = D; written as one
+            # uniform_ on the 5-D tensor (same values, and no view, so it also works on sharded tensors).
+            fan_in, fan_out = math.prod(p.shape[1:]), p.shape[0]
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            nn.init.uniform_(p, -bound, bound)
+        elif isinstance(module, (RMSNorm, LayerNorm, nn.LayerNorm)):
+            nn.init.ones_(p)
+        else:
+            raise RuntimeError(f"no initialisation rule for parameter {name!r} ({type(module).__name__})")
 
     def rope_tables(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """fp32 ``(cos, sin)`` tables, each ``(rope_max_len, Dh / 2)``, built once per device."""
@@ -527,3 +625,21 @@ class DiT(nn.Module):
         for name, t in named.items():
             if t is not None and not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{name} contains NaN or Inf values (shape {tuple(t.shape)})")
+
+
+def materialize(model: DiT, device: torch.device | str = "cpu", *, dtype: torch.dtype | None = None) -> DiT:
+    """Allocate a model built on the ``meta`` device and give it Wan's initialisation, in place.
+
+    Args:
+        model: a DiT whose parameters are (all or partly) on ``meta``; materialised ones are re-initialised too.
+        device: where the parameters go.
+        dtype: cast the parameters first (the fp32 islands stay fp32); None keeps their dtypes.
+
+    Returns:
+        The same model, materialised (use ``torch.manual_seed`` before for reproducible weights).
+    """
+    if dtype is not None:
+        model.to(dtype=dtype)  # on meta: free
+    model.to_empty(device=device)
+    model.reset_parameters()
+    return model

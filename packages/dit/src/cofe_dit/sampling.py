@@ -1,24 +1,38 @@
-"""Sampling for the flow-matching DiT: Euler and DPM-Solver++(2M), classifier-free guidance with separate text and
-face scales, Wan 2.2 TI2V first-frame conditioning. Deterministic given a seed.
+"""Sampling for the flow-matching DiT: UniPC (Wan's default), Euler and DPM-Solver++(2M); classifier-free guidance
+with separate text and face scales; Wan 2.2 TI2V first-frame conditioning. Deterministic given a seed.
 
-Guidance (three predictions; passes whose scale makes them unnecessary are skipped):
+Guidance (InstructPix2Pix's two-condition guidance, Brooks et al. 2023, eq. 3, applied to (text, face)):
+
     v = v(-, -) + s_text * (v(text, -) - v(-, -)) + s_face * (v(text, face) - v(text, -))
-where ``-`` is the negative prompt for text and "no face tokens" (the face branch off) for the face; this is the
-two-condition guidance of InstructPix2Pix (Brooks et al. 2023, eq. 3) applied to (text, face).
+
+where ``-`` is the negative prompt for text and ``negative_face_tokens`` for the face (None: the face branch off;
+a model trained with face dropout to zero tokens should be given zero tokens). Written as a weighted sum
+``(1 - s_text) v(-,-) + (s_text - s_face) v(t,-) + s_face v(t,f)``, a pass is skipped exactly when its weight is
+zero: ``s_text == 1`` drops v(-,-), ``s_face == 0`` drops v(t,f), ``s_face == s_text`` drops v(t,-); (1, 1) is one
+pass. Without face tokens ``v(t,f) = v(t,-)`` and this is ordinary classifier-free guidance.
+
+Timesteps: the solvers integrate in exact (fp64) sigmas; the model is given ``int(sigma * 1000)``, as Wan's
+``FlowUniPCMultistepScheduler.set_timesteps`` (``timesteps = sigmas * 1000`` cast to int64) and diffusers'
+``UniPCMultistepScheduler`` (``.to(dtype=torch.int64)``) give it.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from cofe_dit.config import SOLVERS, DiTConfig, SamplingDefaults, Solver
 from cofe_dit.flow import per_token_timesteps, shift_sigmas
 from cofe_dit.model import DiT
+
+Schedule = Literal["wan", "diffusers"]
 
 
 @dataclass(frozen=True)
@@ -26,33 +40,93 @@ class SamplerConfig:
     """How to sample.
 
     Attributes:
-        steps: model evaluations per guidance branch.
-        shift: Wan timestep shift (5.0 for T2V, 3.0 for 480p I2V, 5.0 for TI2V in the Wan repos).
-        solver: ``euler`` (first order) or ``dpmpp_2m`` (DPM-Solver++ multistep, second order; Lu et al. 2022).
-        text_scale: classifier-free guidance scale for the text.
-        face_scale: guidance scale for the face tokens (1 = use the face branch without extra guidance).
+        steps: solver steps (model evaluations per guidance pass).
+        shift: Wan timestep shift (5.0 for T2V / TI2V / 720p I2V, 3.0 for 480p I2V in the Wan repos).
+        solver: ``unipc`` (UniPC bh2, order 2, lower-order final step: Wan's default), ``euler`` (first order) or
+            ``dpmpp_2m`` (DPM-Solver++ multistep, Lu et al. 2022).
+        text_scale: classifier-free guidance scale of the text.
+        face_scale: guidance scale of the face tokens (0 = no face, 1 = the face branch on without extra guidance).
+        schedule: ``wan`` (Wan's ``shift(linspace(1 - 1/1000, 0, steps + 1))``) or ``diffusers`` (diffusers'
+            flow UniPC: ``shift(linspace(1, 1/1000, steps + 1)[:-1])`` with the first sigma 1 - 1e-6, then 0).
     """
 
     steps: int = 50
     shift: float = 5.0
-    solver: Literal["euler", "dpmpp_2m"] = "dpmpp_2m"
+    solver: Solver = "unipc"
     text_scale: float = 5.0
     face_scale: float = 1.0
+    schedule: Schedule = "wan"
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.solver not in ("euler", "dpmpp_2m"):
-            raise ValueError(f"unknown solver {self.solver!r}; choose 'euler' or 'dpmpp_2m'")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"unknown solver {self.solver!r}; choose one of {SOLVERS}")
+        if self.schedule not in ("wan", "diffusers"):
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose 'wan' or 'diffusers'")
+        if self.shift <= 0:
+            raise ValueError(f"shift must be positive, got {self.shift}")
+
+    @classmethod
+    def from_defaults(cls, defaults: SamplingDefaults | DiTConfig, **overrides: Any) -> SamplerConfig:
+        """A config from a preset's ``SamplingDefaults`` (or a ``DiTConfig``, using its ``sampling``), with overrides.
+
+        Example:
+            >>> SamplerConfig.from_defaults(DiTConfig.from_name("wan2.1-i2v-14b"), steps=20).shift
+            3.0
+        """
+        if isinstance(defaults, DiTConfig):
+            defaults = defaults.sampling
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown SamplerConfig fields {unknown}; known: {sorted(known)}")
+        base = dict(steps=defaults.steps, shift=defaults.shift, solver=defaults.solver, text_scale=defaults.text_scale)
+        return cls(**{**base, **overrides})
+
+    def sigmas(self) -> list[float]:
+        """The ``steps + 1`` sigmas this config integrates over."""
+        return sigma_schedule(self.steps, self.shift, schedule=self.schedule).tolist()
 
 
-def sigma_schedule(steps: int, shift: float) -> Tensor:
-    """``steps + 1`` shifted sigmas from 1 down to 0 (uniform in unshifted sigma), fp64."""
-    return shift_sigmas(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)
+def sigma_schedule(steps: int, shift: float, *, schedule: Schedule = "wan", num_train_timesteps: int = 1000) -> Tensor:
+    """``steps + 1`` decreasing sigmas ending at 0, fp64.
+
+    ``wan``: ``shift(linspace(1 - 1/T, 0, steps + 1))``: Wan's ``FlowUniPCMultistepScheduler``. Its ``sigma_max``
+    is the largest training sigma ``1 - 1/T`` (read back from fp32, so with fp32 rounding); ``set_timesteps`` takes
+    ``linspace(sigma_max, 0, steps + 1)[:-1]``, shifts it and appends 0. ``diffusers``: diffusers'
+    ``UniPCMultistepScheduler(use_flow_sigmas=True)``: ``shift(linspace(1, 1/T, steps + 1)[:-1])``, the first sigma
+    lowered by 1e-6 off 1, then 0. The two differ by 1/T in unshifted sigma.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    t = num_train_timesteps
+    # numpy's linspace, as both Wan and diffusers use: torch.linspace rounds differently in the last bit, which can
+    # move int(sigma * 1000) across an integer.
+    if schedule == "wan":
+        # Wan reads sigma_max back from an fp32 tensor (`self.sigmas[0].item()`), hence the fp32 rounding of 1 - 1/T.
+        sigma_max = float(np.float32(1.0 - 1.0 / t))
+        return shift_sigmas(torch.from_numpy(np.linspace(sigma_max, 0.0, steps + 1)), shift)
+    if schedule == "diffusers":
+        s = shift_sigmas(torch.from_numpy(np.linspace(1.0, 1.0 / t, steps + 1)[:-1].copy()), shift)
+        if abs(float(s[0]) - 1) < 1e-6:
+            s[0] -= 1e-6  # as diffusers: keeps log(alpha) finite at the first step
+        return torch.cat([s, torch.zeros(1, dtype=torch.float64)])
+    raise ValueError(f"unknown schedule {schedule!r}; choose 'wan' or 'diffusers'")
+
+
+def model_timestep(sigma: float, num_train_timesteps: int = 1000) -> float:
+    """The timestep Wan gives the model at ``sigma``: ``int(sigma * T)`` (truncation, as the int64 cast)."""
+    return float(int(sigma * num_train_timesteps))
 
 
 class GuidedVelocity:
-    """Callable ``(x, sigma) -> guided velocity`` that wraps a DiT and its conditions."""
+    """Callable ``(x, sigma) -> guided velocity`` that wraps a DiT and its conditions (see the module docstring).
+
+    Attributes:
+        evaluations: model forward passes made so far.
+        weights: ``{"neg": w, "text": w, "full": w}``: the nonzero weights of v(-,-), v(text,-), v(text,face).
+    """
 
     def __init__(
         self,
@@ -68,20 +142,23 @@ class GuidedVelocity:
         first_frame: Tensor | None = None,
         negative_face_tokens: Sequence[Tensor | None] | None = None,
     ):
-        if text_scale != 1.0 and negative_context is None:
+        s_t, s_f = float(text_scale), float(face_scale)
+        if face_tokens is None:
+            s_f = s_t  # no face condition: v(text, face) is v(text, -), so only the text terms remain
+        weights = {"neg": 1.0 - s_t, "text": s_t - s_f, "full": s_f}
+        self.weights = {k: w for k, w in weights.items() if w != 0.0}
+        if "neg" in self.weights and negative_context is None:
             raise ValueError(f"text_scale={text_scale} needs negative_context (the embedded negative prompt)")
         self.model = model
         self.context, self.negative_context = context, negative_context
         self.face_tokens, self.cond, self.clip_tokens = face_tokens, cond, clip_tokens
         self.text_scale, self.face_scale = text_scale, face_scale
         self.first_frame = first_frame
-        # The face-unconditional input: the branch off (None) unless the model was trained dropping faces to
-        # something else (e.g. zero tokens), which is then what guidance should contrast with.
         self.negative_face_tokens = negative_face_tokens
         self.evaluations = 0
 
     def _timestep(self, x: Tensor, sigma: float) -> Tensor:
-        t = torch.full((x.shape[0],), sigma * self.model.cfg.num_train_timesteps, device=x.device)
+        t = torch.full((x.shape[0],), model_timestep(sigma, self.model.cfg.num_train_timesteps), device=x.device)
         if self.first_frame is None:
             return t
         pt, ph, pw = self.model.cfg.patch_size
@@ -94,21 +171,17 @@ class GuidedVelocity:
 
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
         t = self._timestep(x, sigma)
-        has_face = self.face_tokens is not None
-        s_t, s_f = self.text_scale, self.face_scale
-        v_full = self._run(x, t, self.context, self.face_tokens if has_face else None)
-        if has_face and s_f != 1.0:
-            v_text = self._run(x, t, self.context, self.negative_face_tokens)
-            face_term = s_f * (v_full - v_text)
-        else:
-            v_text, face_term = v_full, None
-        if s_t != 1.0:
-            v_neg = self._run(x, t, self.negative_context, self.negative_face_tokens)
-            v = v_neg + s_t * (v_text - v_neg)
-        else:
-            v = v_text
-        # With face_scale == 1 the face enters through v_text, which is then the face-conditioned prediction.
-        return v + face_term if face_term is not None else v
+        inputs = {
+            "full": (self.context, self.face_tokens),
+            "text": (self.context, self.negative_face_tokens),
+            "neg": (self.negative_context, self.negative_face_tokens),
+        }
+        v = None
+        for key in ("full", "text", "neg"):  # conditional first, as Wan and diffusers
+            if key in self.weights:
+                term = self.weights[key] * self._run(x, t, *inputs[key])
+                v = term if v is None else v + term
+        return v
 
 
 @torch.no_grad()
@@ -127,6 +200,7 @@ def sample(
     first_frame: Tensor | None = None,
     negative_face_tokens: Sequence[Tensor | None] | None = None,
     noise: Tensor | None = None,
+    sigmas: Sequence[float] | None = None,
     callback: Callable[[int, Tensor], None] | None = None,
 ) -> Tensor:
     """Generate a latent video.
@@ -135,14 +209,16 @@ def sample(
         model: the DiT (put it in ``eval()`` mode and on its device first).
         shape: ``(B, C, F, H, W)`` latent shape.
         context: ``(B, T, text_dim)`` embedded prompt.
-        config: steps, shift, solver and guidance scales.
+        config: steps, shift, solver, schedule and guidance scales (default ``SamplerConfig()``; use
+            ``SamplerConfig.from_defaults(model.cfg)`` for the preset's Wan defaults).
         seed: seeds a CPU generator for the initial noise (ignored when ``generator`` or ``noise`` is given).
         negative_context: embedded negative prompt, needed when ``text_scale != 1``.
         face_tokens: per-block face tokens (models with a face branch).
-        cond, clip_tokens: Wan 2.1 I2V conditioning.
+        cond, clip_tokens: Wan 2.1 I2V conditioning (``i2v_condition`` and CLIP image tokens).
         first_frame: ``(B, C, k, H, W)`` clean leading latent frame(s) (Wan 2.2 TI2V); kept fixed, timestep 0.
         negative_face_tokens: the face-unconditional tokens (default None: the face branch off).
         noise: explicit initial noise of ``shape``.
+        sigmas: explicit decreasing noise levels (overrides the config's steps, shift and schedule).
         callback: ``callback(step, x)`` after every step.
 
     Returns:
@@ -174,7 +250,7 @@ def sample(
         first_frame=first_frame,
         negative_face_tokens=negative_face_tokens,
     )
-    sigmas = sigma_schedule(config.steps, config.shift).tolist()
+    sigmas = list(sigmas) if sigmas is not None else config.sigmas()
 
     def clamp(z: Tensor) -> Tensor:
         if first_frame is None:
@@ -190,7 +266,7 @@ def solve(
     velocity: Callable[[Tensor, float], Tensor],
     x: Tensor,
     sigmas: Sequence[float],
-    solver: str = "dpmpp_2m",
+    solver: str = "unipc",
     *,
     project: Callable[[Tensor], Tensor] | None = None,
     callback: Callable[[int, Tensor], None] | None = None,
@@ -198,17 +274,25 @@ def solve(
     """Integrate the flow ODE ``dx/dsigma = v(x, sigma)`` from ``sigmas[0]`` down to ``sigmas[-1]``.
 
     Args:
-        velocity: ``(x, sigma) -> v``.
-        x: the start (noise at ``sigmas[0] = 1``).
-        sigmas: decreasing noise levels.
-        solver: ``euler`` or ``dpmpp_2m``.
-        project: applied after every step (e.g. re-impose a given first frame).
+        velocity: ``(x, sigma) -> v``; called once per step.
+        x: the start (noise at ``sigmas[0]``).
+        sigmas: strictly decreasing noise levels in ``[0, 1]`` (UniPC needs ``sigmas[0] < 1``).
+        solver: ``unipc``, ``euler`` or ``dpmpp_2m``.
+        project: applied to every new state (e.g. re-impose a given first frame); the solvers act elementwise, so
+            projected entries do not influence the others.
         callback: ``callback(step, x)`` after every step.
     """
-    if solver not in ("euler", "dpmpp_2m"):
-        raise ValueError(f"unknown solver {solver!r}; choose 'euler' or 'dpmpp_2m'")
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+    sigmas = [float(s) for s in sigmas]
+    if len(sigmas) < 2:
+        raise ValueError(f"need at least 2 sigmas (one step), got {len(sigmas)}")
+    if any(b >= a for a, b in itertools.pairwise(sigmas)) or sigmas[-1] < 0 or sigmas[0] > 1:
+        raise ValueError(f"sigmas must decrease strictly within [0, 1], got {sigmas[:3]} ... {sigmas[-2:]}")
     project = project or (lambda z: z)
     x = project(x)
+    if solver == "unipc":
+        return _UniPC(sigmas).run(velocity, x, project, callback)
     prev_x0: Tensor | None = None
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
@@ -233,10 +317,84 @@ def _lambda(sigma: float) -> float:
     return math.log((1 - sigma) / sigma)
 
 
+class _UniPC:
+    """UniPC multistep solver in data prediction, B(h) = e^h - 1 ("bh2"), order 2, first order on the first step
+    (no history) and on the last (``lower_order_final``): Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector
+    Framework for Fast Sampling of Diffusion Models", Algorithms 2-3 (UniP-p and UniC-p), with the flow-matching
+    parameterisation alpha = 1 - sigma and x0 = x - sigma * v that Wan's ``FlowUniPCMultistepScheduler`` uses.
+
+    With lambda = log(alpha / sigma) and h = lambda_t - lambda_s, the predictor from (x_s, m_s) is
+        x_t = (sigma_t / sigma_s) x_s - alpha_t (e^-h - 1) m_s - alpha_t B(h) * 1/2 * D1,   D1 = (m_{s-1} - m_s) / r1,
+    r1 = (lambda_{s-1} - lambda_s) / h (the D1 term only at order 2). After the model is evaluated at x_t (giving
+    m_t), the corrector recomputes x_t with the new slope, at no extra evaluation:
+        x_t^c = (sigma_t / sigma_s) x_s - alpha_t (e^-h - 1) m_s - alpha_t B(h) (rho_1 D1 + rho_2 (m_t - m_s)),
+    with rho = 1/2 at order 1 and, at order 2, rho solving [[1, 1], [r1, 1]] rho = [g_1, 2 g_2] / B(h) where
+    g_1 = phi_1(-h) - 1, g_2 = g_1 / (-h) - 1/2 and phi_1(z) = (e^z - 1) / z. Model outputs are taken at the
+    *predicted* x_t; the next predictor starts from the corrected x_t^c. Coefficients are computed in fp64.
+    """
+
+    def __init__(self, sigmas: list[float]):
+        if sigmas[0] >= 1:
+            raise ValueError(
+                f"UniPC needs sigmas[0] < 1 (log-SNR is -inf at sigma = 1), got {sigmas[0]}; Wan's schedule starts "
+                "at shift(1 - 1/1000) (sigma_schedule)"
+            )
+        self.sigmas = sigmas
+        self.lam = [_lambda(s) for s in sigmas]
+        n = len(sigmas) - 1
+        # Predictor order per step: warm-up (1 on step 0), lower order on the final step, 2 elsewhere.
+        self.orders = [min(2, n - i, i + 1) for i in range(n)]
+
+    def _coeffs(self, i: int) -> tuple[float, float, float, float]:
+        """For the step sigma_i -> sigma_{i+1}: (sigma_t / sigma_s, alpha_t, h, B(h) = expm1(-h))."""
+        s, t = self.sigmas[i], self.sigmas[i + 1]
+        h = self.lam[i + 1] - self.lam[i]
+        return t / s, 1.0 - t, h, math.expm1(-h)
+
+    def _predict(self, x: Tensor, m: Tensor, m_prev: Tensor | None, i: int) -> Tensor:
+        ratio, alpha_t, h, bh = self._coeffs(i)
+        out = ratio * x - (alpha_t * bh) * m  # h * phi_1 = expm1(-h) = B(h) for bh2
+        if self.orders[i] == 2:
+            r1 = (self.lam[i - 1] - self.lam[i]) / h
+            out = out - (alpha_t * bh * 0.5 / r1) * (m_prev - m)
+        return out
+
+    def _correct(self, x_prev: Tensor, m_s: Tensor, m_t: Tensor, m_prev: Tensor | None, i: int) -> Tensor:
+        """Correct x_{i+1} given the model output m_t there; x_prev, m_s are the step's start, order that of step i."""
+        ratio, alpha_t, h, bh = self._coeffs(i)
+        base = ratio * x_prev - (alpha_t * bh) * m_s
+        if self.orders[i] == 1:
+            return base - (alpha_t * bh * 0.5) * (m_t - m_s)
+        r1 = (self.lam[i - 1] - self.lam[i]) / h
+        hh = -h
+        g1 = bh / hh - 1.0
+        g2 = g1 / hh - 0.5
+        b1, b2 = g1 / bh, 2.0 * g2 / bh
+        rho1 = (b1 - b2) / (1.0 - r1)  # solves rho1 + rho2 = b1, r1 rho1 + rho2 = b2
+        rho2 = b1 - rho1
+        return base - (alpha_t * bh) * ((rho1 / r1) * (m_prev - m_s) + rho2 * (m_t - m_s))
+
+    def run(self, velocity, x: Tensor, project, callback) -> Tensor:
+        sigmas = self.sigmas
+        m_hist: list[Tensor] = []  # data predictions m_0, m_1, ... (only the last three are kept)
+        x_start = x  # start of the current step (corrected)
+        for i in range(len(sigmas) - 1):
+            m = x - sigmas[i] * velocity(x, sigmas[i])  # data prediction at the predicted (uncorrected) x_i
+            if i > 0:  # UniC: correct x_i with its own slope, then step from the corrected state
+                m_prev = m_hist[-2] if self.orders[i - 1] == 2 else None
+                x = project(self._correct(x_start, m_hist[-1], m, m_prev, i - 1))
+            m_hist = [*m_hist[-2:], m]
+            x_start = x
+            x = project(self._predict(x, m, m_hist[-2] if self.orders[i] == 2 else None, i))
+            if callback is not None:
+                callback(i, x)
+        return x
+
+
 def _dpmpp_2m_step(x: Tensor, x0: Tensor, prev_x0: Tensor | None, sigmas: list[float], i: int) -> Tensor:
     """One DPM-Solver++(2M) step from ``sigmas[i]`` to ``sigmas[i+1]`` (Lu et al. 2022, Algorithm 2).
 
-    First order on the first step (no history; log-SNR starts at -inf) and on the last (to sigma 0, where the
+    First order on the first step (no history; log-SNR may start at -inf) and on the last (to sigma 0, where the
     update is the data prediction itself), second order in between.
     """
     s, s_next = sigmas[i], sigmas[i + 1]
