@@ -222,3 +222,12 @@ def build_rewriter(spec: str = "rules", speaking_sentence: str = "The person is 
     if not isinstance(rewriter, CaptionRewriter):
         raise ValueError(f"caption rewriter {spec!r} returned {type(rewriter).__name__}, which has no rewrite()")
     return rewriter
+
+
+def rewrite_many(rewriter: CaptionRewriter, items: list[tuple[str, bool, dict | None]]) -> list[tuple[str, str]]:
+    """``(refined caption, what wrote it)`` for each ``(caption, speaking, facts)``: one batch when the rewriter has
+    ``rewrite_batch`` (the local LLM), else one :func:`rewrite_with_source` call each. ``facts`` are what the
+    speech stage measured (:func:`cofe_curation.speech.speech_facts`), for rewriters that can use them."""
+    if hasattr(rewriter, "rewrite_batch"):
+        return rewriter.rewrite_batch(items)
+    return [rewrite_with_source(rewriter, caption, speaking) for caption, speaking, _ in items]

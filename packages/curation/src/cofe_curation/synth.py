@@ -105,11 +105,14 @@ def compose(
 ) -> np.ndarray:
     """Frames ``(T, H, W, 3)`` uint8 of a composed clip.
 
-    Kinds: ``"turning"`` (one face turning; the t1.jpg face, kept by the defaults through its max |yaw|),
+    Kinds: ``"turning"`` (one face turning; the t1.jpg face, kept by the defaults through its large |yaw|),
     ``"turning_frontal"`` (the astronaut turning a little), ``"two_faces"`` (astronaut and Hopper side by side),
     ``"swap"`` (the turning face replaced halfway by another t1.jpg person, also turned), ``"no_face"``
     (moving shapes), ``"tiny"`` (the turning face, ~30 px wide), ``"still"`` (the turned face moving sideways, its
-    mouth still).
+    mouth still), ``"profile_and_back"`` (the turned face turning on to profile, where the detector loses it for
+    about a fifth of the clip, and back), ``"static_profile"`` (the turned face held at profile, drifting
+    sideways), ``"switch"`` (the turned face turning away until it is lost, then another person, Grace Hopper,
+    in its place).
     """
     rng = np.random.default_rng(seed)
     n = round(seconds * fps)
@@ -135,6 +138,17 @@ def compose(
         elif kind == "two_faces":
             _place(canvas, turn(face_card("astronaut"), 0.04 * phase), w * 0.27, h / 2, int(w * 0.5))
             _place(canvas, turn(face_card("hopper"), -0.04 * phase), w * 0.73, h / 2, int(w * 0.5))
+        elif kind in ("profile_and_back", "static_profile"):
+            # 0 -> -0.4 -> 0 reads -30 -> about -70 -> -30 degrees; YuNet loses the face beyond about -0.35.
+            bump = 0.5 - 0.5 * np.cos(2 * np.pi * i / max(n - 1, 1))
+            amount = -0.3 if kind == "static_profile" else -0.4 * bump
+            _place(canvas, turn(face_card("turned"), amount), w / 2 + 4 * phase, h / 2, side)
+        elif kind == "switch":
+            half = n // 2
+            if i < half:  # turns away: 0 -> -0.5, lost for the last third of the half
+                _place(canvas, turn(face_card("turned"), -0.5 * i / max(half - 1, 1)), w / 2, h / 2, side)
+            else:  # another person where the first one was, turning a little
+                _place(canvas, turn(face_card("hopper"), 0.08 * phase), w / 2, h / 2, side)
         elif kind == "no_face":
             canvas[:] = np.linspace(120, 220, w, dtype=np.uint8)[None, :, None]
             cv2.circle(canvas, (int(w / 2 + 60 * phase), h // 2), 40, (200, 60, 40), -1)
@@ -177,6 +191,144 @@ def tone(seconds: float, rate: int = 16000, freq: float = 220.0) -> np.ndarray:
     """A quiet sine tone (an audio track without speech)."""
     t = np.arange(int(seconds * rate)) / rate
     return (0.1 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+# Formants (F1, F2, F3 in Hz) of seven English vowels of adult male speakers (Peterson & Barney 1952).
+_VOWELS = (
+    (730, 1090, 2440),
+    (270, 2290, 3010),
+    (300, 870, 2240),
+    (530, 1840, 2480),
+    (570, 840, 2410),
+    (440, 1020, 2240),
+    (660, 1720, 2410),
+)
+
+
+def speech_like(
+    seconds: float, pauses: bool = True, rate: int = 16000, seed: int = 0
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Speech-like audio that silero-vad hears as speech, and the syllables it is made of.
+
+    Source-filter synthesis by additive harmonics: each syllable is a voiced vowel (a glottal harmonic series of
+    a 100-140 Hz pitch with a slight rise and fall, shaped by the three formants of one of seven vowels) with a
+    sine-shaped loudness envelope of 150-280 ms, followed by a short noise burst (a consonant). Words are 2-4
+    syllables; with ``pauses`` they are separated by 0.4-0.7 s of silence, else by 20-60 ms (continuous speech).
+
+    Returns:
+        ``(audio (N,) float32 in [-0.5, 0.5], syllables [(t0, t1), ...] in seconds)``.
+    """
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    out = np.zeros(n, np.float64)
+    syllables = []
+    pos = 0.1
+    while pos < seconds - 0.3:
+        for _ in range(int(rng.integers(2, 5))):
+            dur = float(rng.uniform(0.15, 0.28))
+            a, b = int(pos * rate), min(n, int((pos + dur) * rate))
+            if b - a < rate // 50:
+                break
+            t = np.arange(b - a) / rate
+            f0 = rng.uniform(100, 140) * (1 + 0.1 * np.sin(np.pi * t / dur))  # (L,) pitch contour
+            phase = 2 * np.pi * np.cumsum(f0) / rate
+            formants = _VOWELS[int(rng.integers(len(_VOWELS)))]
+            voiced = np.zeros(b - a)
+            for k in range(1, int(4000 / f0.max())):
+                f = k * f0.mean()
+                # Resonance gain of harmonic k: each formant a 2nd-order peak (bandwidths 80/100/120 Hz), over a
+                # -12 dB/octave glottal source.
+                gain = sum(1.0 / (1.0 + ((f - fm) / bw) ** 2) for fm, bw in zip(formants, (80, 100, 120), strict=True))
+                voiced += gain / k**2 * np.sin(k * phase)
+            out[a:b] += voiced * np.sin(np.pi * t / dur) ** 0.7
+            c = min(n, b + int(0.04 * rate))
+            out[b:c] += rng.normal(0, 0.3, c - b) * np.hanning(c - b) * np.abs(voiced).max()
+            syllables.append((a / rate, b / rate))
+            pos += dur + 0.04
+        pos += float(rng.uniform(0.4, 0.7) if pauses else rng.uniform(0.02, 0.06))
+    out *= 0.5 / max(np.abs(out).max(), 1e-9)
+    return out.astype(np.float32), syllables
+
+
+def mouth_opening(times: np.ndarray, syllables: list[tuple[float, float]]) -> np.ndarray:
+    """How far the mouth is open (0-1) at ``times`` while saying ``syllables``: a sine arc over each syllable."""
+    times = np.asarray(times, np.float64)
+    opening = np.zeros_like(times)
+    for t0, t1 in syllables:
+        inside = (times >= t0) & (times <= t1)
+        opening[inside] = np.maximum(opening[inside], np.sin(np.pi * (times[inside] - t0) / (t1 - t0)))
+    return opening
+
+
+@functools.cache
+def card_keypoints(name: str) -> np.ndarray:
+    """The 5 keypoints ``(5, 2)`` of :func:`face_card` ``name`` (eyes, nose, mouth corners; card pixels)."""
+    faces = _analyzer().analyze(face_card(name), embed=False)
+    if not faces:
+        raise ValueError(f"no face found on the face card {name!r}")
+    return np.asarray(max(faces, key=lambda f: f.area).kps5, np.float32)
+
+
+def open_mouth(card: np.ndarray, kps5: np.ndarray, amount: float) -> np.ndarray:
+    """Open the mouth of a face card: the lower lip and chin drop by up to ``amount`` x 0.22 inter-ocular
+    distances (a wide-open jaw), the gap between the lips darkens (the mouth cavity), the upper face stays.
+
+    Args:
+        card: ``(H, W, 3)`` uint8 face card.
+        kps5: Its 5 keypoints (:func:`card_keypoints`).
+        amount: 0 (closed, the card unchanged) to 1.
+    """
+    if amount <= 0:
+        return card
+    h, w = card.shape[:2]
+    kps5 = np.asarray(kps5, np.float32)
+    centre = (kps5[3] + kps5[4]) / 2
+    width = float(np.linalg.norm(kps5[4] - kps5[3]))
+    iod = float(np.linalg.norm(kps5[1] - kps5[0]))
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    drop = amount * 0.22 * iod
+    u = (xs - centre[0]) / (0.75 * width)  # across the mouth
+    v = (ys - centre[1]) / (0.9 * iod)  # down from the mouth line to below the chin
+    side = np.exp(-1.5 * u**2)
+    # Full drop from just below the lips to the chin, fading out above the mouth line and below the chin.
+    profile = np.where(v < 0, np.exp(-((v / 0.08) ** 2)), np.exp(-(np.maximum(v - 0.6, 0) ** 2) / 0.5))
+    d = (drop * side * profile).astype(np.float32)
+    out = cv2.remap(card, xs, ys - d, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+    gap = np.exp(-2 * (u / 0.8) ** 2) * np.clip(1 - np.abs((ys - centre[1] - 0.45 * drop) / (0.5 * drop)), 0, 1)
+    return (out * (1 - 0.75 * gap[..., None])).astype(np.uint8)
+
+
+def talking_clip(
+    name: str,
+    opening: np.ndarray | None = None,
+    fps: float = 8.0,
+    sweep: tuple[float, float] = (0.0, 0.0),
+    size: tuple[int, int] = (256, 256),
+    seed: int = 0,
+) -> np.ndarray:
+    """Frames ``(T, H, W, 3)`` uint8 of a real face (a :data:`IDENTITIES` name) whose mouth opens by ``opening``
+    ``(T,)`` (0-1 per frame, e.g. :func:`mouth_opening` of a :func:`speech_like` voice, or a chewing rhythm),
+    turning through ``sweep`` and back (amounts of :func:`turn`; ``(0, 0)``: frontal, still), with camera noise.
+    ``opening=None`` keeps the mouth still for 3 s."""
+    opening = np.zeros(round(3 * fps)) if opening is None else np.asarray(opening, np.float64)
+    rng = np.random.default_rng(seed)
+    n = len(opening)
+    w, h = size
+    card, kps5 = face_card(name), card_keypoints(name)
+    frames = []
+    for i in range(n):
+        phase = 0.5 - 0.5 * np.cos(2 * np.pi * i / max(n - 1, 1))
+        amount = sweep[0] + (sweep[1] - sweep[0]) * phase
+        canvas = _canvas(size)
+        _place(
+            canvas,
+            turn(open_mouth(card, kps5, float(opening[i])), amount),
+            w / 2 + 4 * (phase - 0.5),
+            h / 2,
+            int(h * 0.95),
+        )
+        frames.append(np.clip(canvas + rng.normal(0, 2.0, canvas.shape), 0, 255).astype(np.uint8))
+    return np.stack(frames)
 
 
 def write_clip(
@@ -245,13 +397,75 @@ def write_bad_inputs(folder: str | Path, base: np.ndarray | None = None, fps: fl
     paths["no_audio"] = write_clip(folder / "no_audio.mp4", base, fps)
     paths["vfr"] = _write_custom(folder / "vfr.mkv", base, fps, vfr=True)
     paths["rotated"] = _write_custom(folder / "rotated.mp4", np.ascontiguousarray(np.rot90(base, -1, (1, 2))), fps, 90)
-    # 1.5 s at 6 fps keeps the 4K encode short (a clip must last at least min_clip_s = 1.5 s by default).
-    large = np.stack([cv2.resize(f, (3840, 2160), interpolation=cv2.INTER_LINEAR) for f in base[:: round(fps / 6)][:9]])
+    # 1.5 s at 6 fps keeps the 4K encode short (a clip must last at least min_clip_s = 1.5 s by default); the nine
+    # frames span the whole turn, so the head moves as much as in the others.
+    pick = np.linspace(0, len(base) - 1, 9).round().astype(int)
+    large = np.stack([cv2.resize(f, (3840, 2160), interpolation=cv2.INTER_LINEAR) for f in base[pick]])
     paths["large"] = write_clip(folder / "large.mp4", large, 6.0)
     paths["non_ascii"] = write_clip(folder / "visage_é_顔.mp4", base, fps, tone(seconds))
     paths["bad_caption"] = write_clip(folder / "bad_caption.mp4", base, fps, tone(seconds))
     (folder / "bad_caption.json").write_text('{"caption": "a person turning their head",', encoding="utf-8")
     return paths
+
+
+def write_vfr_gap(
+    path: str | Path, frames: np.ndarray, fps: float = 16.0, gap_s: float = 100.0, split: int | None = None
+) -> Path:
+    """Write frames as H.264 at ``fps`` with a pause of ``gap_s`` seconds after frame ``split`` (default: half),
+    as a phone that stopped recording frames writes it (the container follows the suffix: ``.mp4``, ``.mkv``). In
+    mp4, 80 frames around a 100 s pause have an average rate of 0.76 fps, which says nothing about either side of
+    the pause."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    split = len(frames) // 2 if split is None else split
+    tick = Fraction(1, round(fps) * 100)  # 100 ticks per frame: exact frame times, and the pause to 10 ms
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=round(fps))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = tick
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i * 100 + (round(gap_s / tick) if i >= split else 0)
+            frame.time_base = tick
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_sparse_tar(path: str | Path, member: str = "huge.mp4", declared: int = 3 * 2**30) -> Path:
+    """A WebDataset-looking shard of a few KB whose one member declares ``declared`` bytes: a GNU sparse member
+    (a file of holes, as ``tar --sparse`` stores it). Reading it whole would materialise ``declared`` bytes."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tar = shutil.which("tar")
+    if tar is None:
+        raise RuntimeError("write_sparse_tar needs GNU tar on PATH")
+    with tempfile.TemporaryDirectory() as tmp:
+        hole = Path(tmp) / member
+        with open(hole, "wb") as fh:
+            fh.truncate(declared)  # a sparse file: no blocks on disk
+        subprocess.run([tar, "--sparse", "-cf", str(path.resolve()), member], cwd=tmp, check=True, timeout=120)
+    return path
+
+
+def write_lying_tar(path: str | Path, member: str = "liar.mp4", declared: int = 200 * 10**9) -> Path:
+    """A shard whose member header declares ``declared`` bytes but whose data ends after 4 KB (a truncated
+    download, or a header written to exhaust a reader's memory)."""
+    import tarfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        info = tarfile.TarInfo(member)
+        info.size = declared
+        fh.write(info.tobuf(format=tarfile.GNU_FORMAT))
+        fh.write(b"\0" * 4096)
+    return path
 
 
 # The real speaking webcam clip (CC-BY-SA-4.0) inside Debian's forensics-samples-files package.
