@@ -10,6 +10,14 @@ only commits the results to shards.
 Resumable: inputs listed in a committed shard manifest are skipped, so a rerun after a kill continues where the
 run stopped and neither loses nor duplicates a clip (commit protocol in ``cofe_curation.shards``). After all ranks
 finish, rank 0 clusters identities over the whole output and writes ``data.jsonl``, ``report.json`` and plots.
+
+One run per output folder: ``--out`` is locked for the whole run (``cofe_apps.io.OutputLock``; the ranks that
+Lightning starts inherit the lock), so a second ``cofe curate`` on the same folder stops at once, naming the
+holder, instead of interleaving its shards with the first. ``--out`` may not lie inside an input folder, nor an
+input inside ``--out`` (a rerun would curate its own shards again). Files of ranks that this run does not have
+(an earlier run with more ``--devices`` was killed) are handled before finalizing
+(``cofe_curation.clean_orphans``): committed shards are kept and counted once, uncommitted ones deleted after
+this run has redone their inputs; ``report.json`` says which (``run_notes``).
 """
 
 from __future__ import annotations
@@ -22,16 +30,20 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
+from cofe_apps.io import OutputLock, OutputLocked, atomic_write_text, is_inside
 from cofe_curation import (
     CurationConfig,
     InputResult,
     ShardWriter,
+    clean_orphans,
     discover_inputs,
     done_sources,
     finalize,
     input_loader,
+    json_name,
     largest_first,
 )
+from cofe_curation.ingest import SHARD_SEP
 
 
 def _build(args: argparse.Namespace, cfg: CurationConfig):
@@ -43,7 +55,7 @@ def _build(args: argparse.Namespace, cfg: CurationConfig):
             rank, world = self.trainer.global_rank, self.trainer.world_size
             items = discover_inputs(args.inputs)[rank::world]
             done = done_sources(args.out)
-            todo = [item for item in items if item.source not in done]
+            todo = [item for item in items if json_name(item.source) not in done]
             self.skipped = len(items) - len(todo)
             if self.skipped:
                 print(f"rank {rank}: {self.skipped} of {len(items)} inputs already finished, skipped", file=sys.stderr)
@@ -80,6 +92,23 @@ def load_config(path: str | None, preset: str) -> CurationConfig:
     if not isinstance(data, dict):
         raise ValueError(f"config file {path}: expected a mapping of sections, got {type(data).__name__}")
     return CurationConfig.from_dict(data, base=base)
+
+
+def output_overlap(inputs: list[str], out: Path) -> str | None:
+    """Why ``out`` cannot be the output folder for ``inputs`` (``None``: it can): it lies inside an input folder,
+    or an input (named, or found in a folder or list) lies inside it. Either way a rerun would curate the run's
+    own shards as new inputs (3 -> 6 -> 9 clips)."""
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir() and is_inside(out, path):
+            return f"--out {out} is inside the input folder {raw}: choose an output folder outside the inputs"
+        if path.exists() and is_inside(path, out):
+            return f"input {raw} is inside --out {out}: curated shards are not inputs of the same run"
+    for item in discover_inputs(inputs):
+        path = item.source.split(SHARD_SEP, 1)[0]
+        if Path(path).exists() and is_inside(path, out):
+            return f"input {json_name(path)} is inside --out {out}: curated shards are not inputs of the same run"
+    return None
 
 
 def summary_table(report: dict, seconds: float) -> str:
@@ -132,7 +161,22 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"cofe curate: {exc}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
+    overlap = output_overlap(args.inputs, args.out)
+    if overlap:
+        print(f"cofe curate: {overlap}", file=sys.stderr)
+        return 2
+    try:
+        with OutputLock(args.out, "cofe curate"):
+            return _run(args, cfg)
+    except OutputLocked as exc:
+        print(f"cofe curate: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # finalize refusing an output it cannot account for
+        print(f"cofe curate: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, cfg: CurationConfig) -> int:
     L, module, data = _build(args, cfg)
     devices = int(args.devices) if args.devices.isdigit() else args.devices
     trainer = L.Trainer(
@@ -150,8 +194,13 @@ def main(argv: list[str]) -> int:
     trainer.predict(module, datamodule=data, return_predictions=False)
     trainer.strategy.barrier("curate-finalize")
     if trainer.is_global_zero:
-        report = finalize(args.out, cfg.identity.cluster_threshold, cfg.write.plots)
-        (args.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        # No rank writes files of ranks >= world size: safe now, with the lock held, after this run redid the
+        # inputs of their uncommitted shards.
+        notes = clean_orphans(args.out, trainer.world_size)
+        for note in notes:
+            print(f"cofe curate: {note}", file=sys.stderr)
+        report = finalize(args.out, cfg.identity.cluster_threshold, cfg.write.plots, cfg.identity.linkage, notes)
+        atomic_write_text(args.out / "config.json", json.dumps(cfg.to_dict(), indent=1))
         print(summary_table(report, time.perf_counter() - tic))
     return 0
 

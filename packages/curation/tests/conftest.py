@@ -7,7 +7,17 @@ import pytest
 from cofe_curation import CurationConfig, Curator
 from cofe_curation.synth import compose, real_clip, tone, write_bad_inputs, write_clip
 
-KINDS = ("turning", "turning_frontal", "two_faces", "swap", "no_face", "tiny")
+KINDS = (
+    "turning",
+    "turning_frontal",
+    "two_faces",
+    "swap",
+    "no_face",
+    "tiny",
+    "profile_and_back",
+    "static_profile",
+    "switch",
+)
 
 
 @pytest.fixture(scope="session")

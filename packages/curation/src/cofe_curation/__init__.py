@@ -14,13 +14,21 @@ from cofe_curation.config import (
     SpeechConfig,
     WriteConfig,
 )
-from cofe_curation.ingest import DecodedVideo, IngestError, InputItem, decode, decode_windows, discover_inputs
+from cofe_curation.ingest import (
+    DecodedVideo,
+    IngestError,
+    InputItem,
+    decode,
+    decode_windows,
+    discover_inputs,
+    json_name,
+)
 from cofe_curation.loader import input_loader, largest_first
 from cofe_curation.pipeline import ClipResult, Curator, InputResult, Prepared, error_result, merge_windows
 from cofe_curation.runtime import set_threads
-from cofe_curation.shards import ShardWriter, done_sources, finalize
+from cofe_curation.shards import ShardWriter, clean_orphans, done_sources, finalize
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "CaptionRewriter",
@@ -41,6 +49,7 @@ __all__ = [
     "SpeechConfig",
     "WriteConfig",
     "build_rewriter",
+    "clean_orphans",
     "curate",
     "decode",
     "decode_windows",
@@ -49,6 +58,7 @@ __all__ = [
     "error_result",
     "finalize",
     "input_loader",
+    "json_name",
     "largest_first",
     "merge_windows",
     "set_threads",
@@ -59,17 +69,19 @@ def curate(inputs, out_dir, cfg: CurationConfig | None = None, rank: int = 0, wo
     """Curate ``inputs`` into ``out_dir`` in this process (no Lightning): the library's reference loop.
 
     Skips inputs already finished in ``out_dir``; this rank takes inputs ``rank::world_size``. Returns the
-    report of :func:`finalize` (run only by a single-process call, ``world_size == 1``).
+    report of :func:`finalize` (run only by a single-process call, ``world_size == 1``). Takes no lock on
+    ``out_dir``: one writer per folder is the caller's business (``cofe curate`` holds a lock).
     """
     cfg = cfg or CurationConfig()
     items = discover_inputs(list(inputs))[rank::world_size]
+    notes = clean_orphans(out_dir, world_size) if rank == 0 else []
     done = done_sources(out_dir)
     curator = Curator(cfg)
     writer = ShardWriter(out_dir, rank, cfg.write.shard_max_clips)
     for item in items:
-        if item.source not in done:
+        if json_name(item.source) not in done:
             writer.add(curator.curate_input(item))
     writer.close()
     if world_size == 1:
-        return finalize(out_dir, cfg.identity.cluster_threshold, cfg.write.plots)
+        return finalize(out_dir, cfg.identity.cluster_threshold, cfg.write.plots, cfg.identity.linkage, notes)
     return {}

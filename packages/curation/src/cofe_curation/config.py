@@ -32,6 +32,11 @@ class IngestConfig:
         max_pixels: Inputs with more pixels per frame than this are rejected before decoding (guards memory
             against absurd resolutions; 8K UHD is 33.2 Mpx).
         audio_rate: Audio is resampled to this rate, mono float32 (silero-vad takes 8 or 16 kHz).
+        max_input_bytes: Inputs (files, shard members) declaring more bytes than this are refused before any of
+            them is read (a two-hour 4K recording is about 50 GB). Shard members are streamed from the tar, never
+            read whole, so memory stays bounded by what the decoder reads whatever the declared size.
+        max_caption_bytes: Caption sidecars larger than this are not read (the input is processed without a
+            caption and the note says why).
     """
 
     sample_fps: float = 8.0
@@ -40,6 +45,8 @@ class IngestConfig:
     max_duration_s: float | None = None
     max_pixels: int = 7680 * 4320
     audio_rate: int = 16000
+    max_input_bytes: int = 256 * 2**30
+    max_caption_bytes: int = 2**20
 
     def __post_init__(self) -> None:
         if not self.sample_fps > 0:
@@ -58,38 +65,64 @@ class ShotConfig:
         threshold: ContentDetector threshold on the HSV content change (27 is PySceneDetect's default).
         min_clip_s: Shots shorter than this are dropped.
         max_clip_s: Longer shots are cut into consecutive clips of at most this length (Wan trains on 5 s).
+        max_frame_gap_s: Consecutive sampled frames further apart in presentation time than this (a pause in a
+            variable-frame-rate recording: a phone that stopped writing frames) end a shot there; the shot ends
+            one sampling step after its last frame, so no clip spans the pause with a frozen picture.
     """
 
     threshold: float = 27.0
     min_clip_s: float = 1.5
     max_clip_s: float = 5.0
+    max_frame_gap_s: float = 1.0
 
 
 @dataclass
 class FaceConfig:
-    """Face constraints of a clip.
+    """Face constraints of a clip (rules in :func:`cofe_curation.faces.check_faces`, tracking in
+    :func:`cofe_curation.faces.track_main_face`).
 
     Attributes:
         max_second_face_ratio: A second face whose box area exceeds this fraction of the main face's area, in
             any sampled frame, rejects the clip (background faces smaller than this are tolerated).
         min_face_px: Minimum median shorter side of the main face box, in source pixels.
         min_face_ratio: Minimum median main-face-box area over frame area.
-        min_detect_fraction: The main face must be found in at least this fraction of sampled frames.
+        min_detect_fraction: The main face must be found in at least this fraction of the sampled frames of its
+            track's span (first to last tracked frame), so that thin detection at profile inside a continuing
+            track is tolerated while a flickering detection (every other frame: 50 %) is not.
+        max_gap_s: Longest run of sampled frames without the main face, inside the track or at the clip's ends.
+            A head turning to profile and back at a natural speed spends well under a second beyond 75 degrees,
+            where the offline detector still finds 82 % of faces (STACK.md); a longer absence is not a turn.
+        min_switch_s: A face inconsistent with the track (position, size or identity) that stays at least this
+            long while the tracked face is gone rejects the clip as a person switch; shorter ones are taken for
+            spurious detections.
+        track_max_shift: A face found after the track was lost continues it only if its box centre lies within
+            this many face widths of where the face was lost, ...
+        track_shift_per_s: ... plus this many face widths per second of gap.
         min_sharpness: Minimum median variance of the Laplacian of the aligned 112x112 gray face crop
             (Pech-Pacheco et al. 2000, "Diatom autofocusing in brightfield microscopy"); blurred faces fall well
             below sharp ones at this fixed scale.
-        min_yaw_range_deg: Keep the clip if its yaw range (5th to 95th percentile) reaches this, ...
-        min_max_abs_yaw_deg: ... or if its largest |yaw| reaches this.
+        min_yaw_range_deg: The head must move: yaw range (5th to 95th percentile) at least this, whatever the
+            pose; above the spread of a still head's per-frame yaw estimates (1.0-8.6 deg on 9 real faces held
+            still for 2 s under camera noise, 4.0 on a still profile; README), so a static profile is rejected
+            however large its yaw. AND ...
+        wide_yaw_range_deg: ... either the range reaches this ...
+        min_abs_yaw_p90_deg: ... or the 90th percentile of |yaw| reaches this (the head spends at least 10 % of
+            the clip beyond it). Percentiles, not the raw maximum: one mis-estimated frame must not pass a clip.
         min_score: Minimum detector score for a face to count.
     """
 
     max_second_face_ratio: float = 0.1
     min_face_px: float = 48.0
     min_face_ratio: float = 0.004
-    min_detect_fraction: float = 0.8
+    min_detect_fraction: float = 0.6
+    max_gap_s: float = 1.0
+    min_switch_s: float = 0.5
+    track_max_shift: float = 0.5
+    track_shift_per_s: float = 1.0
     min_sharpness: float = 15.0
-    min_yaw_range_deg: float = 25.0
-    min_max_abs_yaw_deg: float = 40.0
+    min_yaw_range_deg: float = 15.0
+    wide_yaw_range_deg: float = 25.0
+    min_abs_yaw_p90_deg: float = 35.0
     min_score: float = 0.6
 
 
@@ -97,27 +130,46 @@ class FaceConfig:
 class IdentityConfig:
     """Identity consistency within a clip and identity clusters across the run.
 
+    Thresholds left at ``None`` come from the recogniser's profile (:data:`cofe_curation.identity.RECOGNIZERS`:
+    SFace 128-d and ArcFace 512-d score the same and different people on different scales).
+
     Attributes:
-        max_embed_frames: Frames embedded per clip, spread over time (each embedding costs ~50 ms on a CPU).
+        recognizer: Profile of the recogniser that embeds the faces: ``"auto"`` (from the face analyser:
+            ``"sface"`` for the offline backend, ``"arcface"`` for insightface packs), ``"sface"`` or
+            ``"arcface"``.
+        max_embed_frames: Frames embedded per clip, spread over time (each embedding costs ~30 ms on a CPU).
         pose_window_deg: Frame pairs whose yaws differ by at most this are compared as they are.
         yaw_slope: Pairs further apart in yaw get this similarity credit per degree beyond the window, because
             identity similarity falls with the yaw gap (Sengupta et al. 2016, CFP frontal-profile benchmark);
-            0.005 credits a 60-degree gap with 0.2, which keeps different people (SFace <= 0.30) below
-            ``min_consistency`` up to 50 degrees apart.
-        quantile: ``id_consistency`` is this quantile of the compensated pair similarities (robust to one bad
-            detection, low enough that an identity swap in a third of the clip pulls it down).
-        min_consistency: Clips with ``id_consistency`` below this are rejected. SFace scores the same person
-            0.62-0.95 and different people <= 0.30 (STACK.md, cofe_encoders README).
-        cluster_threshold: Clips whose mean embeddings have cosine >= this are linked into one identity
-            (connected components).
+            0.005 credits a 60-degree gap with 0.2.
+        outliers: ``id_consistency`` may leave out up to this many embedded frames (never more than a quarter of
+            them): one bad detection or crop must not reject a clip, while an identity swap affects many frames.
+        min_consistency: Clips with ``id_consistency`` below this are rejected (``None``: the profile's).
+        cluster_threshold: Identity clusters: clips are merged while the linkage similarity of their clusters
+            is at least this (``None``: the profile's).
+        reacquire_threshold: A face found after the track was lost must match the track at least this well
+            (``None``: the profile's verification threshold).
+        linkage: ``"average"`` (default), ``"complete"`` or ``"single"`` linkage of the identity clusters
+            (:func:`cofe_curation.identity.cluster_identities`; single linkage chains identities at scale).
     """
 
+    recognizer: str = "auto"
     max_embed_frames: int = 8
     pose_window_deg: float = 20.0
     yaw_slope: float = 0.005
-    quantile: float = 0.1
-    min_consistency: float = 0.45
-    cluster_threshold: float = 0.5
+    outliers: int = 1
+    min_consistency: float | None = None
+    cluster_threshold: float | None = None
+    reacquire_threshold: float | None = None
+    linkage: str = "average"
+
+    def __post_init__(self) -> None:
+        if self.recognizer not in ("auto", "sface", "arcface"):
+            raise ValueError(f"identity.recognizer must be 'auto', 'sface' or 'arcface', got {self.recognizer!r}")
+        if self.linkage not in ("average", "complete", "single"):
+            raise ValueError(f"identity.linkage must be 'average', 'complete' or 'single', got {self.linkage!r}")
+        if not (isinstance(self.outliers, int) and self.outliers >= 0):
+            raise ValueError(f"identity.outliers must be a non-negative integer, got {self.outliers!r}")
 
 
 @dataclass

@@ -5,14 +5,24 @@ time; applies the display-matrix rotation of phone videos; downscales large fram
 (``VideoFrame.reformat``) so a huge input never materialises at full size; and resamples the audio track to
 16 kHz mono float32 for the voice-activity model. Every failure raises :class:`IngestError` with a reason that
 names the input, which the pipeline records in ``report.json`` instead of stopping.
+
+Every input is accounted for whatever it is: discovery turns what it cannot use (dangling or looping symbolic
+links, a folder reached twice through links, FIFOs and devices, tar members that are links, FIFOs or sparse, a
+shard that does not open) into items that carry their problem, which the run records as ``error`` inputs. File
+names that are not UTF-8 are kept as Python's surrogate-escaped strings to open the file, and written to JSON
+through :func:`json_name`. Shard members are streamed from the tar, never read whole, and their declared sizes
+are checked against the shard's real size and ``ingest.max_input_bytes`` before anything is read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import math
 import os
+import stat
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,6 +43,16 @@ class IngestError(Exception):
     """An input that cannot be used; the message is the reason recorded in the report."""
 
 
+def json_name(name: str | bytes | os.PathLike) -> str:
+    """A file name or source id as text that any JSON writer accepts, whatever its bytes.
+
+    Python keeps the bytes of a name that is not UTF-8 as lone surrogates (``\\udcXX``, PEP 383), which cannot be
+    encoded as UTF-8 and crash a JSON writer; here each such byte becomes the four characters ``\\xXX`` (the file
+    is still named in the record, readably). Valid names come back unchanged.
+    """
+    return os.fsencode(name).decode("utf-8", errors="backslashreplace")
+
+
 @dataclass(frozen=True)
 class InputItem:
     """One input video.
@@ -40,10 +60,13 @@ class InputItem:
     Attributes:
         source: A file path, or ``"shard.tar::member"`` for a video inside a WebDataset shard.
         caption_source: Path of the sidecar caption file (or ``"shard.tar::member"``), if any.
+        problem: Why discovery could not use this entry (a dangling link, a FIFO, a link member of a shard...):
+            the run records it as an ``error`` input with this reason, without opening it.
     """
 
     source: str
     caption_source: str | None = None
+    problem: str | None = None
 
 
 @dataclass
@@ -101,27 +124,126 @@ def _sidecar(path: Path) -> str | None:
     return None
 
 
+def _member_problem(member: tarfile.TarInfo) -> str | None:
+    """Why a tar member is not read as an input (``None`` for a regular file)."""
+    if member.issym():
+        return f"tar member is a symbolic link (-> {json_name(member.linkname)}), not read"
+    if member.islnk():
+        return f"tar member is a hard link (-> {json_name(member.linkname)}), not read"
+    if member.isfifo():
+        return "tar member is a FIFO, not read"
+    if member.ischr() or member.isblk():
+        return "tar member is a device file, not read"
+    if member.issparse():
+        return f"tar member is sparse (declares {member.size / 1e9:.2f} GB), not read"
+    if not member.isreg():
+        return f"tar member of type {member.type!r} is not a regular file, not read"
+    return None
+
+
 def _shard_items(shard: Path) -> list[InputItem]:
+    members: list[tarfile.TarInfo] = []
+    items = []
     try:
         with tarfile.open(shard) as tar:
-            names = [m.name for m in tar.getmembers() if m.isfile()]
+            try:
+                members = [m for m in tar if not m.isdir()]
+            except tarfile.ReadError as exc:  # truncated after some members: keep those, say where it stopped
+                members = [m for m in tar.members if not m.isdir()]
+                after = f" after {json_name(members[-1].name)}" if members else ""
+                items.append(InputItem(str(shard), problem=f"WebDataset shard {json_name(shard)} ends{after}: {exc}"))
     except (tarfile.TarError, OSError) as exc:
-        raise IngestError(f"cannot read WebDataset shard {shard}: {exc}") from exc
-    items = []
+        return [InputItem(str(shard), problem=f"cannot read WebDataset shard {json_name(shard)}: {exc}")]
+    problems = {m.name: _member_problem(m) for m in members}
     # WebDataset groups members by key = name up to the first dot of the base name.
     by_key: dict[str, list[str]] = {}
-    for name in names:
+    for member in members:
+        name = member.name
         base = name.rsplit("/", 1)[-1]
         prefix = name[: len(name) - len(base)]
         by_key.setdefault(prefix + base.split(".", 1)[0], []).append(name)
     for key in sorted(by_key):
-        members = by_key[key]
-        videos = [m for m in members if _is_video(m)]
-        captions = [m for m in members if m.endswith((".txt", ".json"))]
+        names = by_key[key]
+        videos = [m for m in names if _is_video(m)]
+        captions = [m for m in names if m.endswith((".txt", ".json")) and problems[m] is None]
+        for name in names:
+            if problems[name] is not None and name not in videos:  # a link or FIFO among a sample's parts
+                items.append(InputItem(f"{shard}{SHARD_SEP}{name}", problem=problems[name]))
         for video in videos:
             cap = f"{shard}{SHARD_SEP}{captions[0]}" if captions else None
-            items.append(InputItem(f"{shard}{SHARD_SEP}{video}", cap))
+            items.append(InputItem(f"{shard}{SHARD_SEP}{video}", cap, problems[video]))
     return items
+
+
+def _special_kind(mode: int) -> str | None:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    return None
+
+
+def _walk_folder(folder: Path, add, seen_dirs: dict[str, str], seen_files: dict[str, str]) -> None:
+    """Add the videos and shards under ``folder`` (sorted, recursively), following links to folders once.
+
+    Links that lead nowhere or in a circle, a folder reached a second time through a link, a second name of a
+    file already added, and FIFOs, sockets and devices become problem items, so the report lists them.
+    """
+    real = os.path.realpath(folder)
+    if real in seen_dirs:
+        add(
+            InputItem(
+                str(folder),
+                problem=f"{json_name(folder)}: the same folder as {seen_dirs[real]} (through a link), not read twice",
+            )
+        )
+        return
+    seen_dirs[real] = json_name(folder)
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: os.fsencode(e.name))
+    except OSError as exc:
+        add(InputItem(str(folder), problem=f"{json_name(folder)}: folder cannot be read ({exc.strerror})"))
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            st = os.stat(path)  # follows links
+        except OSError as exc:
+            if entry.is_symlink():
+                target = json_name(os.readlink(path))
+                kind = "symbolic link loop" if exc.errno == errno.ELOOP else "dangling symbolic link"
+                add(InputItem(str(path), problem=f"{json_name(path)}: {kind} (-> {target})"))
+            else:
+                add(InputItem(str(path), problem=f"{json_name(path)}: cannot be read ({exc.strerror})"))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            _walk_folder(path, add, seen_dirs, seen_files)
+            continue
+        wanted = _is_video(entry.name) or path.suffix.lower() in SHARD_EXTENSIONS
+        if not wanted:
+            continue
+        special = _special_kind(st.st_mode)
+        if special is not None:
+            add(InputItem(str(path), problem=f"{json_name(path)}: {special}, not a regular file"))
+            continue
+        real_file = os.path.realpath(path)
+        if real_file in seen_files:
+            add(
+                InputItem(
+                    str(path),
+                    problem=f"{json_name(path)}: the same file as {seen_files[real_file]} "
+                    "(through a link), not curated twice",
+                )
+            )
+            continue
+        seen_files[real_file] = json_name(path)
+        if _is_video(entry.name):
+            add(InputItem(str(path), _sidecar(path)))
+        else:
+            for item in _shard_items(path):
+                add(item)
 
 
 def discover_inputs(inputs: list[str | Path]) -> list[InputItem]:
@@ -132,99 +254,160 @@ def discover_inputs(inputs: list[str | Path]) -> list[InputItem]:
 
     Returns:
         Items in a deterministic order (sorted within each folder), duplicates removed, sources as absolute paths.
-        A path that does not exist is kept as an item, so that the pipeline reports it.
+        A path that does not exist is kept as an item, so that the pipeline reports it; so are the entries that
+        discovery cannot use (see the module docstring), with their problem.
     """
     items: list[InputItem] = []
     seen: set[str] = set()
+    seen_dirs: dict[str, str] = {}
+    seen_files: dict[str, str] = {}
 
     def add(item: InputItem) -> None:
         if item.source not in seen:
             seen.add(item.source)
             items.append(item)
 
-    for raw in inputs:
+    def expand(raw: str | Path, depth: int = 0) -> None:
         # Absolute and normalised, not resolved (a symlink keeps its name): the same file named from another
         # working directory, or relatively then absolutely, is one source. Resuming and clip keys depend on it.
         path = Path(os.path.abspath(raw))
         if path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                if _is_video(child.name):
-                    add(InputItem(str(child), _sidecar(child)))
-                elif child.suffix.lower() in SHARD_EXTENSIONS:
-                    for item in _shard_items(child):
-                        add(item)
+            _walk_folder(path, add, seen_dirs, seen_files)
         elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                line = line.strip()
+            if depth > 8:
+                add(InputItem(str(path), problem=f"{json_name(path)}: list files nested more than 8 deep"))
+                return
+            for raw_line in path.read_bytes().splitlines():
+                line = os.fsdecode(raw_line).strip()
                 if line and not line.startswith("#"):
-                    entry = Path(line) if Path(line).is_absolute() else path.parent / line
-                    for item in discover_inputs([entry]):
-                        add(item)
+                    expand(line if Path(line).is_absolute() else path.parent / line, depth + 1)
         elif path.suffix.lower() in SHARD_EXTENSIONS and path.is_file():
             for item in _shard_items(path):
                 add(item)
         else:
             add(InputItem(str(path), _sidecar(path) if path.is_file() else None))
+
+    for raw in inputs:
+        expand(raw)
     return items
 
 
-def read_bytes(source: str) -> bytes | None:
-    """The bytes of a shard member source (``"shard.tar::member"``), or ``None`` for a plain file path."""
-    if SHARD_SEP not in source:
-        return None
-    shard, member = source.split(SHARD_SEP, 1)
+@contextlib.contextmanager
+def open_member(source: str, max_bytes: int | None = None) -> Iterator[io.BufferedIOBase]:
+    """A shard member source (``"shard.tar::member"``) as a readable, seekable stream (nothing read in advance).
+
+    The member's header is checked before any of its data is read: it must be a regular, non-sparse file whose
+    declared size fits in the shard and in ``max_bytes``.
+
+    Raises:
+        IngestError: the shard does not open, or the member is missing, not a regular file, sparse, larger than
+            ``max_bytes`` or larger than what the shard holds. The message names the source.
+    """
+    shard, name = source.split(SHARD_SEP, 1)
     try:
-        with tarfile.open(shard) as tar:
-            handle = tar.extractfile(member)
-            if handle is None:
-                raise IngestError(f"{source}: not a regular file in the shard")
-            return handle.read()
-    except (tarfile.TarError, OSError, KeyError) as exc:
-        raise IngestError(f"cannot read {member} from shard {shard}: {exc}") from exc
+        tar = tarfile.open(shard)
+    except (tarfile.TarError, OSError) as exc:
+        raise IngestError(f"cannot read WebDataset shard {json_name(shard)}: {exc}") from exc
+    with tar:
+        member = None
+        try:
+            for candidate in tar:  # up to the member only (a shard truncated further on still serves it)
+                if candidate.name == name:
+                    member = candidate
+                    break
+        except tarfile.ReadError:
+            pass
+        if member is None:
+            raise IngestError(f"{json_name(source)}: no such member in the shard")
+        problem = _member_problem(member)
+        if problem is not None:
+            raise IngestError(f"{json_name(source)}: {problem}")
+        held = os.stat(shard).st_size - member.offset_data
+        if member.size > held:
+            raise IngestError(
+                f"{json_name(source)}: declares {member.size:,} bytes but the shard holds only {max(held, 0):,} "
+                "after its header (a truncated shard or a lying header), not read"
+            )
+        if max_bytes is not None and member.size > max_bytes:
+            raise IngestError(
+                f"{json_name(source)}: declares {member.size:,} bytes, over ingest.max_input_bytes={max_bytes:,}"
+            )
+        handle = tar.extractfile(member)
+        if handle is None:
+            raise IngestError(f"{json_name(source)}: not a regular file in the shard")
+        with handle:
+            yield handle
 
 
-def read_caption(caption_source: str | None) -> tuple[str, str | None]:
+def read_caption(caption_source: str | None, max_bytes: int = 2**20) -> tuple[str, str | None]:
     """Read a sidecar caption: a ``.txt`` file, or a ``.json`` with a string or a ``{"caption": ...}`` object.
 
     Returns:
-        ``(caption, problem)``: ``problem`` names the file and the parse error, and the caption is then "".
+        ``(caption, problem)``: ``problem`` names the file and the reason (unreadable, larger than ``max_bytes``,
+        not UTF-8, does not parse), and the caption is then "".
     """
     if caption_source is None:
         return "", None
+    name = json_name(caption_source)
     try:
-        data = read_bytes(caption_source)
-        raw = data if data is not None else Path(caption_source).read_bytes()
+        if SHARD_SEP in caption_source:
+            with open_member(caption_source) as fh:
+                raw = fh.read(max_bytes + 1)
+        else:
+            with open(caption_source, "rb") as fh:
+                raw = fh.read(max_bytes + 1)
+        if len(raw) > max_bytes:
+            return "", f"caption file {name} is larger than ingest.max_caption_bytes={max_bytes}, not read"
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError, IngestError) as exc:
-        return "", f"caption file {caption_source} could not be read: {exc}"
+        return "", f"caption file {name} could not be read: {exc}"
     if not caption_source.endswith(".json"):
         return text.strip(), None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        return "", f"caption file {caption_source} does not parse as JSON: {exc}"
+        return "", f"caption file {name} does not parse as JSON: {exc}"
     if isinstance(obj, str):
         return obj.strip(), None
     if isinstance(obj, dict) and isinstance(obj.get("caption"), str):
         return obj["caption"].strip(), None
-    return "", f"caption file {caption_source}: expected a string or an object with a 'caption' string"
+    return "", f"caption file {name}: expected a string or an object with a 'caption' string"
 
 
-def open_container(source: str) -> av.container.InputContainer:
-    """Open a source (file path or shard member) with PyAV, raising :class:`IngestError` with the reason."""
-    data = read_bytes(source)
-    if data is None:
-        path = Path(source)
-        if not path.exists():
-            raise IngestError(f"{source}: file not found")
-        if path.stat().st_size == 0:
-            raise IngestError(f"{source}: zero-length file")
-    elif not data:
-        raise IngestError(f"{source}: zero-length shard member")
-    try:
-        return av.open(io.BytesIO(data) if data is not None else source, mode="r")
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise IngestError(f"{source}: not a readable media file ({type(exc).__name__}: {exc})") from exc
+@contextlib.contextmanager
+def open_container(source: str, max_bytes: int | None = None) -> Iterator[av.container.InputContainer]:
+    """Open a source (file path or shard member) with PyAV, raising :class:`IngestError` with the reason.
+
+    A shard member is streamed from the tar (:func:`open_member`); a file is refused before it is opened when it
+    is missing, empty, not a regular file (a FIFO would block forever) or larger than ``max_bytes``.
+    """
+    name = json_name(source)
+    with contextlib.ExitStack() as stack:
+        if SHARD_SEP in source:
+            handle = stack.enter_context(open_member(source, max_bytes))
+            if handle.seek(0, io.SEEK_END) == 0:
+                raise IngestError(f"{name}: zero-length shard member")
+            handle.seek(0)
+            target = handle
+        else:
+            try:
+                st = os.stat(source)
+            except FileNotFoundError:
+                raise IngestError(f"{name}: file not found") from None
+            except OSError as exc:
+                raise IngestError(f"{name}: cannot be read ({exc.strerror})") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise IngestError(f"{name}: {_special_kind(st.st_mode) or 'a folder'}, not a regular file")
+            if st.st_size == 0:
+                raise IngestError(f"{name}: zero-length file")
+            if max_bytes is not None and st.st_size > max_bytes:
+                raise IngestError(f"{name}: {st.st_size:,} bytes, over ingest.max_input_bytes={max_bytes:,}")
+            target = source
+        try:
+            container = stack.enter_context(av.open(target, mode="r"))
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            raise IngestError(f"{name}: not a readable media file ({type(exc).__name__}: {exc})") from exc
+        yield container
 
 
 def _target_size(width: int, height: int, max_side: int) -> tuple[int, int, float]:
@@ -300,17 +483,18 @@ def decode(item: InputItem, cfg: IngestConfig, start: float = 0.0, origin: float
             decodable frame. The message names the input.
         EOFError: ``start > 0`` is at or after the end of the input.
     """
-    caption, caption_problem = read_caption(item.caption_source)
+    caption, caption_problem = read_caption(item.caption_source, cfg.max_caption_bytes)
     notes = [caption_problem] if caption_problem else []
-    with open_container(item.source) as container:
+    name = json_name(item.source)
+    with open_container(item.source, cfg.max_input_bytes) as container:
         if not container.streams.video:
-            raise IngestError(f"{item.source}: no video stream")
+            raise IngestError(f"{name}: no video stream")
         stream = container.streams.video[0]
         cc = stream.codec_context
         if cc.width * cc.height > cfg.max_pixels:
-            raise IngestError(f"{item.source}: resolution {cc.width}x{cc.height} exceeds max_pixels={cfg.max_pixels}")
+            raise IngestError(f"{name}: resolution {cc.width}x{cc.height} exceeds max_pixels={cfg.max_pixels}")
         if cc.width <= 0 or cc.height <= 0:
-            raise IngestError(f"{item.source}: video stream has no frame size")
+            raise IngestError(f"{name}: video stream has no frame size")
         fps = float(stream.average_rate or stream.guessed_rate or 0.0) or 25.0
         stream.thread_type = "AUTO"
         if runtime.threads() is not None:
@@ -322,7 +506,7 @@ def decode(item: InputItem, cfg: IngestConfig, start: float = 0.0, origin: float
             try:  # to the keyframe before the window
                 container.seek(int((origin + start) / stream.time_base), stream=stream, backward=True)
             except av.FFmpegError as exc:
-                raise IngestError(f"{item.source}: cannot seek to {start:.2f} s ({type(exc).__name__}: {exc})") from exc
+                raise IngestError(f"{name}: cannot seek to {start:.2f} s ({type(exc).__name__}: {exc})") from exc
         frames, times = [], []
         next_t = start - 1e-6
         rotation = 0
@@ -357,13 +541,13 @@ def decode(item: InputItem, cfg: IngestConfig, start: float = 0.0, origin: float
                 times.append(t)
         except av.FFmpegError as exc:
             if not frames:
-                raise IngestError(f"{item.source}: video does not decode ({type(exc).__name__}: {exc})") from exc
+                raise IngestError(f"{name}: video does not decode ({type(exc).__name__}: {exc})") from exc
             notes.append(f"decoding stopped at {last_t:.2f} s: {type(exc).__name__}: {exc}")
             complete = True
         if not frames:
             if start > 0:  # the previous window ended exactly at the end of the input
-                raise EOFError(f"{item.source}: no frames after {start:.2f} s")
-            raise IngestError(f"{item.source}: no decodable video frames")
+                raise EOFError(f"{name}: no frames after {start:.2f} s")
+            raise IngestError(f"{name}: no decodable video frames")
         gaps = np.asarray(pts_gaps[1:])
         if gaps.size > 2 and float(gaps.std()) > 0.1 * float(np.median(gaps)):
             notes.append("variable frame rate: sampled by timestamps")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -20,13 +22,36 @@ from PIL import Image
 
 from cofe_curation.caption import CaptionRewriter, build_rewriter, rewrite_many
 from cofe_curation.config import CurationConfig
-from cofe_curation.faces import check_faces, detect_faces, face_stats, track_main_face
-from cofe_curation.identity import build_recognizer, check_identity, clip_embedding, embed_track, id_consistency
-from cofe_curation.ingest import DecodedVideo, IngestError, InputItem, decode_windows
-from cofe_curation.media import encode_mp4, read_clips
+from cofe_curation.faces import (
+    FaceTrack,
+    IdentityCheck,
+    box_iou,
+    check_faces,
+    detect_faces,
+    face_stats,
+    track_main_face,
+)
+from cofe_curation.identity import (
+    build_recognizer,
+    check_identity,
+    clip_embedding,
+    embed_track,
+    id_consistency,
+    recognizer_profile,
+    thresholds,
+)
+from cofe_curation.ingest import DecodedVideo, IngestError, InputItem, decode_windows, json_name
+from cofe_curation.media import Cut, cut_clips, encode_mp4
 from cofe_curation.shots import ClipSpan, shot_clips
 from cofe_curation.speech import decide_speaking, mouth_evidence, speech_facts, speech_ratio, speech_segments
-from cofe_encoders.face import Face, FaceAnalyzer, build_face_analyzer, reference_crop
+from cofe_encoders.align import alignment_matrix, transform_points
+from cofe_encoders.face import Face, FaceAnalyzer, OfflineFaceAnalyzer, build_face_analyzer, norm_crop, reference_crop
+
+# ``ref.png``: the reference crop zoomed out 1.6x around the ArcFace template (the whole head, whitened background),
+# for the semantic and detail experts; ``ref_id.png`` is the 112x112 ArcFace template crop itself, for the
+# identity expert (SFace on the unmasked template crop reproduces the aligned embedding of the frame, cosine
+# 0.9997; re-aligning the masked ``ref.png`` from its keypoints gives only ~0.85).
+REF_EXPAND = 1.6
 
 STAGES = ("ingest", "shots", "faces", "identity", "speech", "write")
 
@@ -45,7 +70,8 @@ class ClipResult:
         annotation: The shard JSON (DESIGN.md §3) of a kept clip.
         embedding: ``(D,)`` clip identity embedding (clustering across the run).
         mp4: Encoded clip bytes.
-        ref_png: Reference face crop, PNG bytes.
+        ref_png: Reference face crop (zoomed out, whitened background), PNG bytes.
+        ref_id_png: The reference frame's 112x112 ArcFace-template crop, PNG bytes.
     """
 
     key: str
@@ -58,15 +84,25 @@ class ClipResult:
     embedding: np.ndarray | None = None
     mp4: bytes | None = None
     ref_png: bytes | None = None
+    ref_id_png: bytes | None = None
 
     def record(self) -> dict[str, Any]:
         """The report entry (no media)."""
         rec = {"key": self.key, "t0": round(self.t0, 3), "t1": round(self.t1, 3)}
         rec.update(decision=self.decision, stage=self.stage, reason=self.reason)
         if self.annotation is not None:
-            keys = ("yaw_range", "id_consistency", "speaking", "speech_ratio", "face_ratio", "num_frames")
+            keys = (
+                "yaw_range",
+                "abs_yaw_p90",
+                "id_consistency",
+                "speaking",
+                "speech_ratio",
+                "face_ratio",
+                "num_frames",
+            )
             rec["summary"] = {k: self.annotation[k] for k in keys}
             rec["speech_reason"] = self.annotation.get("speech_reason")
+            rec["recognizer"] = self.annotation.get("recognizer")
             rec["speech"] = speech_facts(self.annotation)
             rec["yaws"] = [f["yaw"] for f in self.annotation["faces"]]
         if self.embedding is not None:
@@ -103,7 +139,7 @@ class InputResult:
     def record(self) -> dict[str, Any]:
         """The report entry (no media)."""
         return {
-            "source": self.source,
+            "source": json_name(self.source),
             "decision": self.decision,
             "reason": self.reason,
             "notes": self.notes,
@@ -120,8 +156,9 @@ def error_result(source: str, reason: str) -> InputResult:
 
 
 def clip_key(source: str, index: int) -> str:
-    """A WebDataset-safe key (no dots, ASCII) that is stable for a source and clip index."""
-    return f"{hashlib.sha1(source.encode('utf-8')).hexdigest()[:16]}_{index:03d}"
+    """A WebDataset-safe key (no dots, ASCII) that is stable for a source and clip index (from the source's bytes,
+    so a name that is not UTF-8 has a key too)."""
+    return f"{hashlib.sha1(os.fsencode(source)).hexdigest()[:16]}_{index:03d}"
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -158,6 +195,23 @@ class Curator:
         self.analyzer = analyzer or build_face_analyzer("offline", score_threshold=self.cfg.faces.min_score)
         self.rewriter = rewriter or build_rewriter(self.cfg.speech.rewriter, self.cfg.speech.speaking_sentence)
         self.recognizer = build_recognizer(self.analyzer)
+        self.ref_analyzer = reference_analyzer(self.analyzer, self.cfg.faces.min_score)
+        self.thresholds = thresholds(self.cfg.identity, recognizer_profile(self.cfg.identity, self.analyzer))
+
+    def embed_face(self, frame: np.ndarray, face: Face) -> np.ndarray:
+        """The ``(D,)`` L2-normalised identity embedding of one face in one frame."""
+        recognizer = self.recognizer or getattr(self.analyzer, "recognizer", None)
+        if recognizer is not None:
+            return recognizer.encode([frame], kps5=[face.kps5]).pooled[0].numpy()
+        found = self.analyzer.analyze(frame, embed=True)
+        best = max(found, key=lambda f: -np.abs(f.bbox - face.bbox).sum()) if found else None
+        if best is None or best.embedding is None:
+            raise RuntimeError("the face analyser returned no embedding; it needs a recognition model")
+        return np.asarray(best.embedding) / max(float(np.linalg.norm(best.embedding)), 1e-12)
+
+    def _identity_check(self) -> IdentityCheck:
+        ic = self.cfg.identity
+        return IdentityCheck(self.embed_face, self.thresholds.reacquire, ic.pose_window_deg, ic.yaw_slope)
 
     def prepare(self, video: DecodedVideo) -> Prepared:
         """Shot split and face detection on every sampled frame of the clips (the per-frame work); can run
@@ -198,7 +252,16 @@ class Curator:
         for ci, span in enumerate(spans):
             key = clip_key(video.source, first_clip + ci)
             tic = time.perf_counter()
-            track = track_main_face(video.frames, detections, span.start, span.stop)
+            track = track_main_face(
+                video.frames,
+                detections,
+                span.start,
+                span.stop,
+                times=video.times,
+                cfg=cfg.faces,
+                identity=self._identity_check(),
+                end_time=span.t1,
+            )
             stats = face_stats(track, video.frames.shape[1:3], video.scale)
             reason = check_faces(stats, cfg.faces)
             seconds["faces"] += time.perf_counter() - tic
@@ -212,7 +275,7 @@ class Curator:
             )
             yaws = track.yaws[pos]
             consistency = id_consistency(emb, yaws, cfg.identity)
-            reason = check_identity(consistency, cfg.identity)
+            reason = check_identity(consistency, self.thresholds.min_consistency)
             seconds["identity"] += time.perf_counter() - tic
             if reason:
                 result.clips.append(ClipResult(key, span.t0, span.t1, "rejected", "identity", reason))
@@ -226,7 +289,14 @@ class Curator:
             ratio = speech_ratio(segments or [], span.t0, span.t1)
             gap = 1.5 / cfg.ingest.sample_fps
             evidence = mouth_evidence(
-                video.frames, track, video.times, gap, segments or [], video.audio, video.audio_rate, video.start,
+                video.frames,
+                track,
+                video.times,
+                gap,
+                segments or [],
+                video.audio,
+                video.audio_rate,
+                video.start,
                 cfg.speech.max_yaw,
             )
             speech = decide_speaking(ratio, evidence, has_audio, cfg.speech)
@@ -243,13 +313,19 @@ class Curator:
         seconds["speech"] += time.perf_counter() - tic
 
         tic = time.perf_counter()
-        cuts = read_clips(
-            video.source, [(p[2].t0, p[2].t1) for p in pending], cfg.write.max_side, video.rotation, video.origin
+        refs = [reference_index(p[3]) for p in pending]
+        cuts = cut_clips(
+            video.source,
+            [(p[2].t0, p[2].t1) for p in pending],
+            cfg.write.max_side,
+            video.rotation,
+            video.origin,
+            stills=[float(video.times[p[3].indices[r]]) for p, r in zip(pending, refs, strict=True)],
         )
-        for (index, key, span, track, consistency, stats, speech, refined), (frames, fps) in zip(
-            pending, cuts, strict=True
+        for (index, key, span, track, consistency, stats, speech, refined), ref, cut in zip(
+            pending, refs, cuts, strict=True
         ):
-            clip = self._write(video, key, span, frames, fps, track, consistency, stats, speech, refined)
+            clip = self._write(video, key, span, cut, track, ref, consistency, stats, speech, refined)
             clip.embedding = result.clips[index].embedding
             result.clips[index] = clip
         seconds["write"] += time.perf_counter() - tic
@@ -262,6 +338,8 @@ class Curator:
         bounded by one window however long the input is. Never raises: an unusable input is an ``error`` result
         with the reason, and a window that fails after good ones ends the input with a note.
         """
+        if item.problem is not None:
+            return error_result(item.source, item.problem)
         windows = []
         tic = time.perf_counter()
         try:
@@ -277,11 +355,24 @@ class Curator:
                 return error_result(item.source, str(exc))
             windows[-1].notes.append(f"decoding stopped at {windows[-1].duration:.2f} s: {exc}")
         except Exception as exc:  # one broken input must not stop a run: record it and go on
-            return error_result(item.source, f"{item.source}: {type(exc).__name__}: {exc}")
+            return error_result(item.source, f"{json_name(item.source)}: {type(exc).__name__}: {exc}")
         return merge_windows(windows, self.cfg)
 
-    def _write(self, video, key, span, frames, fps, track, consistency, stats, speech, refined) -> ClipResult:
+    def _write(
+        self,
+        video: DecodedVideo,
+        key: str,
+        span: ClipSpan,
+        cut: Cut,
+        track: FaceTrack,
+        ref: int,
+        consistency: float,
+        stats,
+        speech,
+        refined: tuple[str, str],
+    ) -> ClipResult:
         cfg = self.cfg
+        frames, fps = cut.frames, cut.fps
         height, width = frames.shape[1:3]
         k = width / video.frames.shape[2]  # analysis pixels -> clip pixels
         audio = None
@@ -292,25 +383,25 @@ class Curator:
         mp4 = encode_mp4(frames, fps, audio, video.audio_rate, cfg.write.crf)
         faces = []
         for i, face in zip(track.indices, track.faces, strict=True):
-            frame = min(len(frames) - 1, round((video.times[i] - span.t0) * fps))
+            t = float(video.times[i]) - span.t0  # seconds into the clip
+            # The first clip frame that shows this analysed frame: frame f shows the latest source frame at or
+            # before t0 + (f + 0.5) / fps (cofe_curation.media.cut_clips).
+            frame = min(len(frames) - 1, max(0, math.ceil(t * float(fps) - 0.5 - 1e-6)))
             rec = {
                 "frame": frame,
+                "time": round(t, 4),
                 "bbox": [round(float(v) * k, 2) for v in face.bbox],
                 "kps5": [[round(float(x) * k, 2), round(float(y) * k, 2)] for x, y in face.kps5],
             }
             rec.update({n: v for n, v in face.to_dict().items() if n not in ("bbox", "kps5")})
             faces.append(rec)
-        # Reference: the most frontal of the sharper half of the tracked frames, cut from the full-quality clip.
-        sharp_half = np.argsort(-track.sharpness)[: max(1, (len(track.faces) + 1) // 2)]
-        best = int(sharp_half[np.argmin(np.abs(track.yaws[sharp_half]))])
-        ref_rec = faces[best]
-        ref = reference_crop(frames[ref_rec["frame"]], np.asarray(ref_rec["kps5"]), size=cfg.write.ref_size)
+        ref_images, ref_rec = self._reference(video, track, ref, cut, faces[ref], span.t0)
         annotation = {
-            "fps": round(fps, 4),
+            "fps": round(float(fps), 4),
             "num_frames": len(frames),
             "width": width,
             "height": height,
-            "duration": round(len(frames) / fps, 4),
+            "duration": round(len(frames) / float(fps), 4),
             "caption": video.caption,
             "caption_refined": refined[0],
             "caption_rewriter": refined[1],
@@ -320,21 +411,85 @@ class Curator:
             "speech_reason": speech.reason,
             "speech_evidence": speech.evidence.to_dict(),
             "faces": faces,
+            "face_gaps": [[round(a - span.t0, 4), round(b - span.t0, 4)] for a, b in track.gaps],
+            "detect_fraction": round(stats.detect_fraction, 4),
+            "reacquired": track.reacquired,
             "face_ratio": round(stats.face_ratio, 5),
             "face_px": round(stats.face_px * k * video.scale, 2),
             "sharpness": round(stats.sharpness, 2),
             "yaw_range": round(stats.yaw_range, 2),
+            "abs_yaw_p90": round(stats.abs_yaw_p90, 2),
             "max_abs_yaw": round(stats.max_abs_yaw, 2),
             "id_consistency": round(consistency, 4),
+            "recognizer": self.thresholds.recognizer,
             "identity_cluster": -1,  # set across the whole run by cofe_curation.shards.finalize
-            "ref_frame": ref_rec["frame"],
-            "source": video.source,
+            **ref_rec,
+            "source": json_name(video.source),
             "source_start": round(span.t0, 4),
             "source_end": round(span.t1, 4),
             "angles": "degrees; yaw > 0 subject turns to their left, pitch > 0 up, roll > 0 to their left shoulder",
         }
         reason = f"kept: yaw range {stats.yaw_range:.0f} deg, id consistency {consistency:.2f}"
-        return ClipResult(key, span.t0, span.t1, "kept", "write", reason, annotation, None, mp4, _png(ref))
+        clip = ClipResult(key, span.t0, span.t1, "kept", "write", reason, annotation, None, mp4)
+        clip.ref_png, clip.ref_id_png = _png(ref_images[0]), _png(ref_images[1])
+        return clip
+
+    def _reference(self, video: DecodedVideo, track: FaceTrack, ref: int, cut: Cut, face_rec: dict, t0: float):
+        """``(ref.png image, ref_id.png image)`` and their JSON fields, from the full-resolution source frame.
+
+        The face is detected again on that frame (the analysis frame was downscaled) by
+        :func:`reference_analyzer`: the detection that overlaps the tracked box most gives the keypoints; without
+        one, the tracked keypoints are scaled up.
+        """
+        size = self.cfg.write.ref_size
+        tracked = track.faces[ref]
+        image = cut.still
+        if image is None:  # no still decoded (cannot happen for a decodable span): the written frame
+            image = cut.frames[face_rec["frame"]]
+            kps = np.asarray(face_rec["kps5"], np.float64)
+        else:
+            up = image.shape[1] / video.frames.shape[2]  # analysis pixels -> source pixels
+            box = tracked.bbox * up
+            found = [f for f in self.ref_analyzer.analyze(image, embed=False) if box_iou(f.bbox, box) >= 0.3]
+            best = max(found, key=lambda f: box_iou(f.bbox, box)) if found else None
+            kps = np.asarray(best.kps5 if best is not None else tracked.kps5 * up, np.float64)
+        ref_png = reference_crop(image, kps, size=size, expand=REF_EXPAND)
+        ref_id = norm_crop(image, kps)
+        ref_kps5 = transform_points(kps, alignment_matrix(kps, size, REF_EXPAND))
+        fields = {
+            "ref_frame": face_rec["frame"],
+            # seconds into the clip (the source frame the crops come from; the clip frame ref_frame shows it)
+            "ref_time": round(face_rec["time"] if cut.still_time is None else cut.still_time - t0, 4),
+            "ref_kps5": [[round(float(x), 3), round(float(y), 3)] for x, y in ref_kps5],
+            "ref_align": {"size": size, "expand": REF_EXPAND, "template": "arcface-112"},
+            "ref_source_kps5": [[round(float(x), 3), round(float(y), 3)] for x, y in kps],
+            "ref_source_size": [int(image.shape[1]), int(image.shape[0])],
+        }
+        return (ref_png, ref_id), fields
+
+
+def reference_analyzer(analyzer: FaceAnalyzer, min_score: float) -> FaceAnalyzer:
+    """The analyser whose keypoints align the reference crops: the recogniser's own alignment convention.
+
+    ArcFace-family recognisers are trained on crops aligned with their detector's raw 5 points (insightface:
+    SCRFD + ``norm_crop``; SFace: YuNet + OpenCV's ``FaceRecognizerSF.alignCrop``). The offline analyser refines
+    YuNet's points for rotated faces (:mod:`cofe_encoders.face.refine`), which moves them by a few pixels and
+    cost up to 0.06 of cosine against the aligned embedding of the frame on the real webcam clip; so the
+    reference is aligned with a YuNet that does not refine (and detects at up to 1920 px, not 1280). Other
+    analysers are used as they are.
+    """
+    if isinstance(analyzer, OfflineFaceAnalyzer) and analyzer.refine:
+        return OfflineFaceAnalyzer(
+            score_threshold=min_score, max_side=1920, detector_path=analyzer.detector_path, refine=False
+        )
+    return analyzer
+
+
+def reference_index(track: FaceTrack) -> int:
+    """The tracked frame the reference is cut from: the most frontal of the sharper half (position in
+    ``track.faces``)."""
+    sharp_half = np.argsort(-track.sharpness)[: max(1, (len(track.faces) + 1) // 2)]
+    return int(sharp_half[np.argmin(np.abs(track.yaws[sharp_half]))])
 
 
 def _decide(result: InputResult, cfg: CurationConfig) -> None:

@@ -58,6 +58,10 @@ def detect_cuts(frames: np.ndarray, sample_fps: float, threshold: float = 27.0) 
 def split_clips(times: np.ndarray, duration: float, cuts: list[int], cfg: ShotConfig) -> list[ClipSpan]:
     """Cut shots into clips of ``[min_clip_s, max_clip_s]`` seconds.
 
+    A shot also ends where consecutive sampled frames are more than ``cfg.max_frame_gap_s`` apart in presentation
+    time (a pause in a variable-frame-rate recording); it then ends one sampling step after its last frame, so no
+    clip stretches over the pause with a frozen picture.
+
     Args:
         times: ``(T,)`` times of the sampled frames, seconds.
         duration: Duration of the analysed video, seconds (end of the last shot).
@@ -65,12 +69,23 @@ def split_clips(times: np.ndarray, duration: float, cuts: list[int], cfg: ShotCo
         cfg: Clip lengths.
     """
     n = len(times)
-    bounds = [0, *cuts, n]
+    if n == 0:
+        return []
+    gaps = np.diff(times)
+    step = float(np.median(gaps)) if gaps.size else 0.0
+    pauses = [i + 1 for i in np.flatnonzero(gaps > cfg.max_frame_gap_s).tolist()]
+    bounds = sorted({0, *cuts, *pauses, n})
+
+    def end_after(i: int) -> float:
+        """When the content of sampled frame ``i`` ends: the next frame, unless a pause follows it."""
+        nxt = float(times[i + 1]) if i + 1 < n else duration
+        return nxt if nxt - float(times[i]) <= cfg.max_frame_gap_s else float(times[i]) + step
+
     clips = []
     for a, b in itertools.pairwise(bounds):
         if b <= a:
             continue
-        shot_end = float(times[b]) if b < n else duration
+        shot_end = end_after(b - 1)
         start = a
         while start < b:
             t0 = float(times[start])
