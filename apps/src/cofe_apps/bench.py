@@ -200,7 +200,9 @@ def _define_bench_module():
         Lightning launched the ranks as new processes (``ddp``) or forked them (``ddp_fork``).
 
         Args:
-            evaluator: Scores one item.
+            evaluator: Scores one item; or a function that builds it, called in each rank process when prediction
+                starts (so no onnxruntime session crosses a fork: a session's worker threads do not survive one, and
+                a forked rank that runs an inherited session can hang).
             videos_dir: Folder with the generated videos.
             items: The manifest items in order; the merge checks each was scored exactly once (``None``: no check).
             out: Folder for the per-rank result files (rank 0's value is used by every rank).
@@ -229,6 +231,8 @@ def _define_bench_module():
         def on_predict_start(self) -> None:
             self.results, self.merged = [], None
             self._t0 = time.perf_counter()
+            if callable(self.evaluator) and not hasattr(self.evaluator, "evaluate"):
+                self.evaluator = self.evaluator()
             if self.device.type == "cuda":
                 self.evaluator.to(self.device)  # each rank scores on its own GPU
             # Rank 0 decides the nonce and the folder.
@@ -556,22 +560,27 @@ def main(argv: list[str]) -> int:
 
 def _run(args, config, items, invalid, out, aggregate, markdown_table, write_report) -> int:
     args.device = resolve_device(args.device)
-    evaluator = build_evaluator(args, config) if items else None
-    check = evaluator.check_protocol() if evaluator is not None else None
-    warnings = [] if check is None or check.warning is None else [check.warning]
-    if args.random_models:
-        warnings.append("random-weight stand-ins (--random-models) scored this run: its numbers mean nothing")
-    for w in warnings:
-        print(f"cofe bench: warning: {w}", file=sys.stderr)
+    built: dict = {}
+
+    def make_evaluator():
+        """Built in the rank process that scores (see BenchModule); rank 0's also names the run's models."""
+        built["evaluator"] = build_evaluator(args, config)
+        return built["evaluator"]
 
     def finish(results: list, out: Path, timing: dict) -> None:
         """Rank 0, once every item is scored: report files, the table, the MLflow run."""
         n = len(results)
         results = [*results, *invalid]
+        evaluator = built.get("evaluator")
+        check = evaluator.check_protocol() if evaluator is not None else None
         recognizer = evaluator.recognizer_name if evaluator is not None else None
         report = aggregate(results, config, check=check, recognizer=recognizer)
         if args.random_models:
-            report["warnings"] = [*report["warnings"], warnings[-1]]
+            report["warnings"].append(
+                "random-weight stand-ins (--random-models) scored this run: its numbers mean nothing"
+            )
+        for w in report["warnings"]:
+            print(f"cofe bench: warning: {w}", file=sys.stderr)
         scored_per_s = n / timing["predict_s"] if timing.get("predict_s") else None
         # predict_s: rank 0's predict loop, from its start to the merge (so it includes waiting for the slowest rank).
         timing = report["timing"] = {**timing, "items": n, "items_per_s": scored_per_s}
@@ -610,6 +619,6 @@ def _run(args, config, items, invalid, out, aggregate, markdown_table, write_rep
         enable_model_summary=False,
         enable_progress_bar=not args.no_progress,
     )
-    module = classes["BenchModule"](evaluator, args.videos, items=items, out=out, finish=finish)
+    module = classes["BenchModule"](make_evaluator, args.videos, items=items, out=out, finish=finish)
     trainer.predict(module, loader, return_predictions=False)
     return 0

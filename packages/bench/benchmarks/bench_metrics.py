@@ -94,7 +94,8 @@ def main() -> None:
     from PIL import Image
 
     from cofe_bench import BenchConfig, CurricularFace, Evaluator, ManifestItem, write_manifest
-    from cofe_bench.testing import T1_BOXES, face_crop, load_photo, moving_face_frames, random_inception, write_video
+    from cofe_bench.standins import random_inception
+    from cofe_bench.testing import T1_BOXES, face_crop, load_photo, moving_face_frames, write_video
     from cofe_encoders import build_expert
     from cofe_encoders.face import build_face_analyzer
 
@@ -146,10 +147,10 @@ def main() -> None:
         from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
         from cofe_bench import CLIPScorer
-        from cofe_bench.testing import _clip_tokenizer_files
+        from cofe_bench.standins import clip_tokenizer_files
 
         torch.manual_seed(0)
-        _clip_tokenizer_files(tmp)
+        clip_tokenizer_files(tmp)
         tok = CLIPTokenizer(str(tmp / "vocab.json"), str(tmp / "merges.txt"))
         clip = CLIPScorer(CLIPModel(CLIPConfig()), CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tok))
         models |= {"curricularface": CurricularFace(None, 100), "inception": random_inception(), "clip": clip}

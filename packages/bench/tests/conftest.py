@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from cofe_bench import CurricularFace
-from cofe_bench.testing import T1_BOXES, face_crop, load_photo, random_inception
+from cofe_bench.standins import random_inception
+from cofe_bench.testing import T1_BOXES, face_crop, load_photo
 from cofe_encoders import build_expert
 from cofe_encoders.face import build_face_analyzer
 

@@ -7,7 +7,7 @@ from torchmetrics.functional.multimodal.clip_score import _clip_score_update
 from torchmetrics.multimodal.clip_score import CLIPScore
 
 from cofe_bench import CLIPScorer
-from cofe_bench.testing import save_tiny_clip
+from cofe_bench.standins import save_tiny_clip
 
 
 @pytest.fixture(scope="module")

@@ -114,5 +114,41 @@ def test_lafid_builder_identity_disjoint_and_balanced(tmp_path):
     for it in back:
         assert (out / "refs" / f"{it.id}.png").is_file() and (out / "real" / f"{it.id}.mp4").is_file()
         assert np.asarray(Image.open(it.first_frame)).shape == (32, 32, 3)
+        # the target pose: the curated track at each of the clip's 3 frames (faces at frames 0 and 1, then held)
+        meta = next(m for k, m, _ in samples if k == it.id)
+        y0, y1 = (f["yaw"] for f in meta["faces"])
+        assert it.target_yaw == pytest.approx([y0, y1, y1], abs=0.01)
+        assert it.target_video == str(out / "real" / f"{it.id}.mp4")
     with pytest.raises(FileNotFoundError, match=r"missing\.tar"):
         build_lafid_manifest([tmp_path / "missing.tar"], out)
+
+
+def test_curated_yaw_track_interpolates_missed_frames():
+    from cofe_bench import curated_yaw_track
+
+    meta = {"faces": [{"frame": 1, "yaw": 10.0}, {"frame": 3, "yaw": 50.0}, {"frame": 4, "yaw": None}]}
+    assert curated_yaw_track(meta, 6) == [10.0, 10.0, 30.0, 50.0, 50.0, 50.0]
+    assert curated_yaw_track({"faces": []}, 6) is None
+    with pytest.raises(ValueError, match=r"clip\.json: faces\[\]\.frame spans 1-9"):
+        curated_yaw_track({"faces": [{"frame": 1, "yaw": 0}, {"frame": 9, "yaw": 1}]}, 6, where="clip.json")
+
+
+def test_target_fields_roundtrip_and_are_checked(tmp_path):
+    item = ManifestItem("a", "r.png", "p", target_yaw=[0.0, None, 45.5], target_video="real/a.mp4")
+    path = write_manifest([item, ManifestItem("b", "r.png", "p")], tmp_path / "m.jsonl")
+    lines = path.read_text().splitlines()
+    assert "target_yaw" not in lines[1]  # optional fields are written only when known
+    a, b = read_manifest(path)
+    assert a.target_yaw == [0.0, None, 45.5] and a.target_video == str(tmp_path / "real" / "a.mp4")
+    assert b.target_yaw is None and b.target_video is None and "target_yaw" not in a.extra
+    bad = [
+        '{"id": "x", "reference": "r", "prompt": "p", "target_yaw": 30}',
+        '{"id": "y", "reference": "r", "prompt": "p", "target_yaw": ["left"]}',
+        '{"id": "z", "reference": "r", "prompt": "p", "target_yaw": [null]}',
+        '{"id": "w", "reference": "r", "prompt": "p", "target_yaw": [400]}',
+    ]
+    (tmp_path / "bad.jsonl").write_text("\n".join(bad) + "\n")
+    items, problems = scan_manifest(tmp_path / "bad.jsonl")
+    assert items == [] and [p.id for p in problems] == ["x", "y", "z", "w"]
+    assert "bad.jsonl:1: target_yaw must be a non-empty list" in problems[0].error
+    assert "non-numbers" in problems[1].error and "no known yaw" in problems[2].error and "180" in problems[3].error

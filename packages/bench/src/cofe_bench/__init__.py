@@ -1,67 +1,77 @@
 """Identity, semantic and quality metrics for face video generation, by head-pose bin.
 
-``protocol="consisid"`` reproduces the field's published evaluation; ``protocol="cofe"`` is stricter (frames
-without a face count as 0, detection rate, set-level FID, per-yaw-bin metrics, identity drift, motion).
+``protocol="consisid"`` and ``protocol="opens2v"`` reproduce the field's published evaluations; ``protocol="cofe"``
+is stricter (frames without a face count as 0, detection rate, set-level FID, per-yaw-bin metrics by the target
+pose, identity drift, motion, an evaluation recogniser independent of the conditioning one).
+
+Names are imported on first use (PEP 562), so ``import cofe_bench`` and its light parts (``cofe_bench.protocol``)
+do not pull in torch: a command-line ``--help`` that only needs the protocol names answers at once.
 """
 
-from cofe_bench.clipscore import CLIPScorer
-from cofe_bench.curricularface import CurricularFace, IRBackbone, load_backbone_state
-from cofe_bench.evaluator import METRICS, Evaluator, FrameRecord, ItemResult, ReferenceFeatures
-from cofe_bench.faces import DetectedFace, detect_largest, pad_image
-from cofe_bench.fid import frechet_distance, gaussian_stats, pair_distance, set_fid
-from cofe_bench.inception import InceptionFeatures
-from cofe_bench.manifest import (
-    ManifestItem,
-    ManifestProblem,
-    build_lafid_manifest,
-    build_vip_manifest,
-    load_image_rgb,
-    read_manifest,
-    scan_manifest,
-    write_manifest,
-)
-from cofe_bench.protocol import BenchConfig, clip_frame_indices, face_frame_indices
-from cofe_bench.report import aggregate, flat_metrics, markdown_table, plot_by_yaw, write_report
-from cofe_bench.video import VideoError, motion_magnitude, read_video
+from __future__ import annotations
 
-__version__ = "0.2.0"
+import importlib
 
-__all__ = [
-    "METRICS",
-    "BenchConfig",
-    "CLIPScorer",
-    "CurricularFace",
-    "DetectedFace",
-    "Evaluator",
-    "FrameRecord",
-    "IRBackbone",
-    "InceptionFeatures",
-    "ItemResult",
-    "ManifestItem",
-    "ManifestProblem",
-    "ReferenceFeatures",
-    "VideoError",
-    "__version__",
-    "aggregate",
-    "build_lafid_manifest",
-    "build_vip_manifest",
-    "clip_frame_indices",
-    "detect_largest",
-    "face_frame_indices",
-    "flat_metrics",
-    "frechet_distance",
-    "gaussian_stats",
-    "load_backbone_state",
-    "load_image_rgb",
-    "markdown_table",
-    "motion_magnitude",
-    "pad_image",
-    "pair_distance",
-    "plot_by_yaw",
-    "read_manifest",
-    "read_video",
-    "scan_manifest",
-    "set_fid",
-    "write_manifest",
-    "write_report",
-]
+__version__ = "0.3.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "CLIPScorer": "clipscore",
+    "CurricularFace": "curricularface",
+    "IRBackbone": "curricularface",
+    "load_backbone_state": "curricularface",
+    "DlibRecognizer": "dlib_face",
+    "dlib_similarity": "dlib_face",
+    "METRICS": "evaluator",
+    "Evaluator": "evaluator",
+    "FrameRecord": "evaluator",
+    "ItemResult": "evaluator",
+    "ReferenceFeatures": "evaluator",
+    "DetectedFace": "faces",
+    "detect_largest": "faces",
+    "pad_image": "faces",
+    "frechet_distance": "fid",
+    "gaussian_stats": "fid",
+    "pair_distance": "fid",
+    "set_fid": "fid",
+    "InceptionFeatures": "inception",
+    "ManifestItem": "manifest",
+    "ManifestProblem": "manifest",
+    "build_lafid_manifest": "manifest",
+    "build_vip_manifest": "manifest",
+    "curated_yaw_track": "manifest",
+    "load_image_rgb": "manifest",
+    "read_manifest": "manifest",
+    "scan_manifest": "manifest",
+    "write_manifest": "manifest",
+    "PROTOCOLS": "protocol",
+    "RECOGNIZERS": "protocol",
+    "BenchConfig": "protocol",
+    "ProtocolCheck": "protocol",
+    "TargetPose": "protocol",
+    "clip_frame_indices": "protocol",
+    "face_frame_indices": "protocol",
+    "aggregate": "report",
+    "flat_metrics": "report",
+    "markdown_table": "report",
+    "plot_by_yaw": "report",
+    "write_report": "report",
+    "VideoError": "video",
+    "motion_magnitude": "video",
+    "read_video": "video",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cofe_bench' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"cofe_bench.{module}"), name)
+    globals()[name] = value  # later lookups skip this hook
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

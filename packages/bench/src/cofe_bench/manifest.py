@@ -7,8 +7,19 @@ Manifest format, one JSON object per line::
 
 ``reference`` and ``first_frame`` are paths relative to the manifest's folder (or absolute); ``first_frame`` may
 be ``null`` (VIP gives only a portrait). ``video`` is relative to the videos folder given to ``cofe bench``
-(default ``<id>.mp4``), the file ``cofe sample`` writes for that item. Optional fields (``yaw``,
-``identity_cluster``, ``source``) are kept and reported.
+(default ``<id>.mp4``), the file ``cofe sample`` writes for that item.
+
+The target pose, optional (the per-yaw-bin breakdown is binned by it, so a frame whose face the model lost still
+counts in the bin of the pose it had to render):
+
+* ``target_yaw``: the yaw (degrees, positive to the subject's left, as in ``cofe_encoders.face.pose``) of the
+  target clip at each of its frames, a list of numbers (``null`` for a frame whose pose is unknown; the known ones
+  are interpolated). A generated video of another length is mapped by relative time: its sampled frame ``i`` of
+  ``T`` reads the track at ``i / (T - 1)`` of the way through.
+* ``target_video``: the ground-truth clip (path relative to the manifest), whose faces are analysed at the same
+  relative times when ``target_yaw`` is absent.
+
+Other optional fields (``identity_cluster``, ``source``, ``yaw_bin``) are kept and reported.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cofe_bench.protocol import BenchConfig
+from cofe_bench.protocol import BenchConfig, interpolate_track, relative_positions
 from cofe_bench.video import read_video
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -39,6 +50,8 @@ class ManifestItem:
     prompt: str
     first_frame: str | None = None
     video: str | None = None
+    target_yaw: list[float | None] | None = None
+    target_video: str | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -48,7 +61,25 @@ class ManifestItem:
     def to_json(self) -> dict:
         d = asdict(self)
         extra = d.pop("extra")
+        for key in ("target_yaw", "target_video"):  # optional: written only when known
+            if d[key] is None:
+                d.pop(key)
         return {**d, **extra}
+
+
+def _check_target_yaw(value) -> str | None:
+    """Why ``value`` is not a valid ``target_yaw`` (a non-empty list of numbers or nulls, one known), else ``None``."""
+    if not isinstance(value, list) or not value:
+        return f"target_yaw must be a non-empty list of per-frame yaws, got {type(value).__name__}"
+    bad = [v for v in value if v is not None and (isinstance(v, bool) or not isinstance(v, int | float))]
+    if bad:
+        return f"target_yaw holds non-numbers (e.g. {bad[0]!r})"
+    known = [float(v) for v in value if v is not None]
+    if not known:
+        return "target_yaw holds no known yaw"
+    if not all(np.isfinite(known)) or max(abs(v) for v in known) > 180:
+        return "target_yaw holds values that are not finite angles within [-180, 180] degrees"
+    return None
 
 
 @dataclass
@@ -70,9 +101,10 @@ class ManifestProblem:
 def scan_manifest(path: str | Path) -> tuple[list[ManifestItem], list[ManifestProblem]]:
     """Read a JSONL manifest leniently: the valid items, and one problem per line that is not a valid item.
 
-    A line is a problem when it is not JSON, not a JSON object, lacks ``id``, ``reference`` or ``prompt``, or
-    repeats an earlier id (the first occurrence stays an item). Relative ``reference`` / ``first_frame`` paths
-    are resolved against the manifest's folder. Whether the files exist is not checked here (the evaluator
+    A line is a problem when it is not JSON, not a JSON object, lacks ``id``, ``reference`` or ``prompt``, has a
+    ``target_yaw`` that is not a list of angles, or repeats an earlier id (the first occurrence stays an item).
+    Relative ``reference`` / ``first_frame`` / ``target_video`` paths are resolved against the manifest's folder.
+    Whether the files exist is not checked here (the evaluator
     records a missing reference per item).
 
     Raises:
@@ -113,6 +145,9 @@ def scan_manifest(path: str | Path) -> tuple[list[ManifestItem], list[ManifestPr
             problems.append(ManifestProblem(lineno, f"{item_id}@line{lineno}", f"{where}: duplicate id {item_id!r}"))
             continue
         seen.add(item_id)
+        if obj.get("target_yaw") is not None and (why := _check_target_yaw(obj["target_yaw"])):
+            problems.append(ManifestProblem(lineno, item_id, f"{where}: {why}"))
+            continue
         obj.pop("id")
         items.append(
             ManifestItem(
@@ -121,6 +156,8 @@ def scan_manifest(path: str | Path) -> tuple[list[ManifestItem], list[ManifestPr
                 prompt=str(obj.pop("prompt")),
                 first_frame=resolve(obj.pop("first_frame", None)),
                 video=obj.pop("video", None),
+                target_yaw=obj.pop("target_yaw", None),
+                target_video=resolve(obj.pop("target_video", None)),
                 extra=obj,
             )
         )
@@ -232,7 +269,8 @@ def build_lafid_manifest(
     and at most one sample per identity is kept, so no identity is seen twice. Then up to ``per_bin`` samples
     per bin are taken in key order (deterministic). For each, ``out_dir`` receives ``refs/<id>.png`` (the
     curated aligned reference), ``first/<id>.png`` (the clip's first frame, the I2V condition), ``real/<id>.mp4``
-    (the ground-truth clip) and a line in ``out_dir/manifest.jsonl`` with the caption as the prompt.
+    (the ground-truth clip) and a line in ``out_dir/manifest.jsonl`` with the caption as the prompt, the clip's
+    per-frame yaw as ``target_yaw`` (:func:`curated_yaw_track`) and ``real/<id>.mp4`` as ``target_video``.
 
     Args:
         shards: Curated WebDataset tar files.
@@ -290,16 +328,54 @@ def build_lafid_manifest(
                     first_frame=f"first/{item_id}.png",
                     prompt=str(meta.get(prompt_field) or meta.get("caption") or ""),
                     video=f"{item_id}.mp4",
+                    target_yaw=curated_yaw_track(meta, len(frames), where=f"{shard}:{key}"),
+                    target_video=f"real/{item_id}.mp4",
                     extra={
                         "identity_cluster": meta.get("identity_cluster"),
                         "yaw_bin": label,
                         "yaw_max_abs": round(float(np.max(np.abs(yaws))), 2),
+                        "target_yaw_source": "curated faces[].yaw, interpolated to every frame",
                         "source": meta.get("source"),
                     },
                 )
             )
     write_manifest(items, out_dir / "manifest.jsonl")
     return items
+
+
+def curated_yaw_track(meta: dict, num_frames: int, where: str = "curated sample") -> list[float] | None:
+    """The per-frame yaw of a curated clip: its ``faces[].yaw`` track interpolated to every one of its frames.
+
+    Curation analyses a subset of the frames and may miss the face in some (a profile, a blur); those frames take
+    the linear interpolation of their neighbours' yaw (held constant before the first and after the last analysed
+    frame), so every frame has the pose the clip shows there. Entries without a numeric ``yaw`` are ignored.
+
+    Args:
+        meta: The curated ``key.json`` (``faces: [{frame, yaw, ...}]``; DESIGN.md section 3).
+        num_frames: Frames of the clip.
+        where: Named in the error.
+
+    Returns:
+        ``num_frames`` yaws rounded to 0.01 degree, or ``None`` when no face entry has a yaw.
+
+    Raises:
+        ValueError: a face entry's ``frame`` is outside the clip.
+    """
+    points = [
+        (f["frame"], float(f["yaw"]))
+        for f in meta.get("faces", [])
+        if isinstance(f.get("yaw"), int | float) and not isinstance(f.get("yaw"), bool) and f.get("frame") is not None
+    ]
+    if not points or num_frames < 1:
+        return None
+    frames = np.array([p[0] for p in points], np.float64)
+    if frames.min() < 0 or frames.max() > num_frames - 1:
+        raise ValueError(
+            f"{where}: faces[].frame spans {frames.min():g}-{frames.max():g}, outside the clip's 0-{num_frames - 1}"
+        )
+    every = relative_positions(np.arange(num_frames), num_frames)  # (num_frames,)
+    track = interpolate_track(relative_positions(frames, num_frames), [p[1] for p in points], every)
+    return [round(float(v), 2) for v in track]
 
 
 def load_image_rgb(path: str | Path) -> np.ndarray:
@@ -319,6 +395,7 @@ __all__ = [
     "ManifestProblem",
     "build_lafid_manifest",
     "build_vip_manifest",
+    "curated_yaw_track",
     "load_image_rgb",
     "read_manifest",
     "scan_manifest",
