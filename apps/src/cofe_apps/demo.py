@@ -15,7 +15,8 @@
 5. **fit** (``cofe fit``): a small DiT + CoFE for 1500 steps from scratch, tracked in MLflow.
 6. **sample**: one video per benchmark identity (its reference face, first frame and caption) from the trained
    model and from the same model untrained.
-7. **bench** (``cofe bench``, protocol ``cofe``): the trained samples, the untrained ones and the real clips.
+7. **bench** (``cofe bench``, protocol ``cofe``): the trained samples, the untrained ones and the real clips; identity
+   scored by dlib's ResNet (``--recognizer dlib``), not by the SFace expert that conditions the model.
 8. **compare** (``cofe compare``): the table, and where to open everything in MLflow.
 
 Every command is the one a user runs, called in this process (Lightning is imported once).
@@ -343,7 +344,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict:
     sample_videos(untrained, components, items, out / "samples" / "untrained", cfg, "untrained")
     _done(t, timings, "sample")
 
-    t = _stage(7, "bench", "cofe bench --protocol cofe on trained, untrained and the real clips")
+    t = _stage(7, "bench", "cofe bench --protocol cofe --recognizer dlib on trained, untrained and the real clips")
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")  # run names of this demo, so compare shows only its runs
     run_names = []
     for name, videos in (
@@ -359,6 +360,9 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict:
             str(videos),
             "--protocol",
             "cofe",
+            # FaceSim by dlib's ResNet, not by SFace: SFace is the identity expert that conditions the model.
+            "--recognizer",
+            "dlib",
             "--out",
             str(out / "bench" / tag),
             "--tracking-uri",
