@@ -17,7 +17,8 @@ class RecordBatches(L.Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         rank = trainer.global_rank
         with open(self.folder / f"rank{rank}.txt", "a") as f:
-            f.writelines(f"{trainer.global_step}\t{trainer.current_epoch}\t{k}\n" for k in batch["keys"])
+            pid = os.getpid()  # one process per start: a resumed run's records are told apart from the killed one's
+            f.writelines(f"{trainer.global_step}\t{trainer.current_epoch}\t{pid}\t{k}\n" for k in batch["keys"])
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         with open(self.folder / f"loss_rank{rank}.txt", "a") as f:
             f.write(f"{trainer.global_step - 1}\t{float(loss)!r}\n")

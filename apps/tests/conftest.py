@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the tests' helper modules (fitting, cofe_test_callbacks)
 
 from cofe_apps.synthetic import make_curated_shards
 

@@ -3,91 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from fitting import ROOT, TINY, kill_after, precompute_tiny, recorded, run_fit
 from mlflow import MlflowClient
 from PIL import Image
 
-from cofe_apps.components import ExpertsSpec, TextSpec, VAESpec
 from cofe_apps.data import ShardDataModule, TooManyBadSamples
 from cofe_apps.io import npy_bytes, read_mp4
-from cofe_apps.precompute import PrecomputeConfig, precompute
-
-ROOT = Path(__file__).resolve().parents[2]
-TINY = str(ROOT / "apps/configs/tiny.yaml")
-COFE = str(Path(sys.executable).parent / "cofe")
-HERE = str(Path(__file__).resolve().parent)
-RECORD = "--trainer.callbacks+=cofe_test_callbacks.RecordBatches"
-
-
-def precompute_tiny(curated: list[str], out: Path, frames: int = 9) -> list[str]:
-    cfg = PrecomputeConfig(
-        frames=frames, height=64, width=64, vae=VAESpec(tiny=True), text=TextSpec(tiny=True, dim=16),
-        experts=ExpertsSpec(),
-    )  # fmt: skip
-    counts = precompute(curated, out, cfg, log=lambda *_: None)
-    assert counts["samples"] == sum(1 for s in curated for _ in wds.WebDataset(s, shardshuffle=False))
-    return sorted(str(p) for p in out.glob("*.tar"))
-
-
-def fit_cmd(tmp: Path, shards: list[str], *extra: str, config: str = TINY) -> tuple[list[str], dict]:
-    """The `cofe fit` command line and its environment (MLflow store in ``tmp``, batches recorded in tmp/keys)."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]),
-           "COFE_TEST_RECORD": str(tmp / "keys")}  # fmt: skip
-    cmd = [COFE, "fit", "--config", config, "--data.train_shards", json.dumps(shards), "--trainer.default_root_dir",
-           str(tmp / "fit"), "--trainer.enable_progress_bar", "false", RECORD, *extra]  # fmt: skip
-    return cmd, env
-
-
-def run_fit(tmp: Path, shards: list[str], *extra: str, check=True, config: str = TINY) -> subprocess.CompletedProcess:
-    cmd, env = fit_cmd(tmp, shards, *extra, config=config)
-    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=500)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
-
-
-def kill_after(tmp: Path, shards: list[str], pattern: str, *extra: str, config: str = TINY) -> None:
-    """Start `cofe fit` (every rank in one process group), SIGKILL the group once ``pattern`` exists in the run's
-    checkpoint folder and last.ckpt has been written after it."""
-    cmd, env = fit_cmd(tmp, shards, *extra, config=config)
-    log = tmp / "killed.log"  # a file, not a pipe: an unread pipe that fills up would block the child
-    with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-    deadline = time.time() + 400
-    try:
-        while True:
-            found = list((tmp / "fit").rglob(pattern))
-            last = [p for p in (tmp / "fit").rglob("last.ckpt")]
-            if found and last and last[0].stat().st_mtime >= found[0].stat().st_mtime:
-                time.sleep(0.5)
-                break
-            assert proc.poll() is None, f"training exited before it was killed: {log.read_text()[-3000:]}"
-            assert time.time() < deadline, "no checkpoint after 400 s"
-            time.sleep(0.1)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def recorded(tmp: Path, rank: int = 0) -> dict[int, list[str]]:
-    """Step -> the keys rank ``rank`` trained on at that step (the last record wins: a resumed run redoes steps)."""
-    out: dict[int, list[str]] = {}
-    for line in (tmp / "keys" / f"rank{rank}.txt").read_text().splitlines():
-        step, _, key = line.split("\t")
-        out.setdefault(int(step), [])
-        out[int(step)].append(key)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +57,7 @@ def test_kill_then_the_readme_resume_command_continues(tmp_path, train_shards):
     (run,) = client.search_runs([client.get_experiment_by_name("cofe").experiment_id])  # one run, continued
     assert run.info.run_name == "tiny"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
-    assert set(steps) == set(range(at + 4)) and max(steps) == at + 3
+    assert set(steps) == set(range(at + 4)) and max(steps) == at + 3, (at, sorted(steps))
     for metric in (
         "train/grad_norm",
         "train/lr",
@@ -170,7 +97,7 @@ def test_ddp_two_processes_see_every_sample_once(tmp_path_factory, make_curated)
     run_fit(tmp, shards, "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_steps", "3",
             "--data.batch_size", "2", "--checkpoint.every_n_train_steps", "0")  # fmt: skip
     seen = [
-        line.split("\t")[2] for f in sorted((tmp / "keys").glob("rank*.txt")) for line in f.read_text().splitlines()
+        line.split("\t")[3] for f in sorted((tmp / "keys").glob("rank*.txt")) for line in f.read_text().splitlines()
     ]
     expected = {k for s in shards for k in (x["__key__"] for x in wds.WebDataset(s, shardshuffle=False))}
     assert sorted(seen) == sorted(expected) and len(expected) == 12

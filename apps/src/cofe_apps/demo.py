@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -129,6 +130,7 @@ def fit_config(cfg: DemoConfig, out: Path) -> dict:
     16 latent channels, CoFE over the SFace / tiny CLIP / tiny DINOv2 features that precompute stored."""
     return {
         "seed_everything": cfg.seed,
+        "name": "demo",
         "trainer": {
             "accelerator": "cpu",
             "devices": 1,
@@ -149,10 +151,8 @@ def fit_config(cfg: DemoConfig, out: Path) -> dict:
                 "num_layers": 4,
                 "freq_dim": 64,
             },
-            "cofe": "tiny",
-            "cofe_overrides": {
-                "experts": {"identity": [128, "mlp"], "semantic": [64, "perceiver"], "detail": [48, "perceiver"]}
-            },
+            "cofe": "tiny",  # expert widths come from precompute's config.json (SFace 128, tiny CLIP 64, DINOv2 48)
+            "components": str(out / "train" / "config.json"),
             # From random initialisation the whole DiT trains (CoFE's freezing policy needs a pretrained DiT).
             "freeze": "full",
             "lr": 2.0e-3,
@@ -190,8 +190,8 @@ def sample_videos(module, components, items, out_dir: Path, cfg: DemoConfig, lab
     """One mp4 per benchmark item: its reference face, its first frame and its prompt."""
     from tqdm import tqdm
 
-    from cofe_apps.io import write_mp4
-    from cofe_apps.sample import Sampler, load_image
+    from cofe_apps.io import load_image, write_mp4
+    from cofe_apps.sample import Sampler
     from cofe_dit import SamplerConfig
 
     sampler = Sampler(module, components)
@@ -259,7 +259,6 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict:
 
     from cofe_apps import bench, compare, curate, precompute, train
     from cofe_apps.module import CoFEModule
-    from cofe_apps.sample import Components, load_module
     from cofe_bench import build_lafid_manifest, read_manifest
 
     cfg = cfg or DemoConfig()
@@ -319,7 +318,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict:
     fit = fit_config(cfg, out)
     fit_yaml.write_text(yaml.safe_dump(fit, sort_keys=False))
     last = out / "fit" / "checkpoints" / "last.ckpt"
-    last.unlink(missing_ok=True)  # a rerun trains again (curation and precompute resume)
+    shutil.rmtree(last.parent, ignore_errors=True)  # a rerun trains again (curation and precompute resume)
     env = {"MLFLOW_TRACKING_URI": uri, "COFE_EXPERIMENT": "cofe-demo"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -336,10 +335,11 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict:
     _done(t, timings, "fit")
 
     t = _stage(6, "sample", "one video per benchmark item, from the trained and from the untrained model")
-    components = Components.from_json(out / "train" / "config.json")
-    trained = load_module(last, ema=True)
-    torch.manual_seed(cfg.seed)
-    untrained = CoFEModule(**fit["model"]).eval()
+    trained = CoFEModule.from_checkpoint(last, ema=True)
+    components = None  # the training data's, recorded in the checkpoint
+    untrained = CoFEModule(**fit["model"], seed=cfg.seed + 1)
+    untrained.configure_model()
+    untrained.eval()
     sample_videos(trained, components, items, out / "samples" / "trained", cfg, "trained")
     sample_videos(untrained, components, items, out / "samples" / "untrained", cfg, "untrained")
     _done(t, timings, "sample")

@@ -261,9 +261,11 @@ class CoFEModule(L.LightningModule):
         self.dit, self.cofe = dit, cofe
         trainable = self.trainable()
         if hp.frozen_dtype:
+            from cofe_dit.model import is_fp32_parameter
+
             dtype = DTYPES[hp.frozen_dtype]
-            for p in (*dit.parameters(), *cofe.parameters()):
-                if not p.requires_grad:
+            for name, p in dit.named_parameters():
+                if not p.requires_grad and not is_fp32_parameter(name):  # the fp32 islands stay fp32
                     p.data = p.data.to(dtype)
         self.ema = EMA(trainable) if hp.ema_decay > 0 else None
         if hp.gradient_checkpointing:
@@ -281,7 +283,9 @@ class CoFEModule(L.LightningModule):
         if restoring is None or slim:
             W.init_dit(dit, hp.seed, face_only=bool(hp.dit_weights))
             if hp.dit_weights:
-                self.base_report = W.load_base(dit, hp.dit_weights)
+                from cofe_dit import load_into
+
+                self.base_report = load_into(dit, hp.dit_weights)
                 rank_zero_info(self.base_report.summary())
             if slim:
                 self._verify_base(meta)

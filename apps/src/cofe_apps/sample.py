@@ -27,14 +27,6 @@ if TYPE_CHECKING:
     from cofe_apps.module import CoFEModule
 
 
-def _defaults(cfg) -> dict:
-    """The preset's sampling defaults (Wan's), as a plain dict."""
-    from dataclasses import asdict
-
-    sampling = getattr(cfg, "sampling", None)
-    return asdict(sampling) if sampling is not None else {}
-
-
 class Sampler:
     """Holds a trained module and its frozen components."""
 
@@ -61,22 +53,16 @@ class Sampler:
             raise ValueError(f"the text encoder gives {self.enc.text.dim}-d states; the model reads {cfg.text_dim}")
 
     def output_size(self, first_frame: np.ndarray | None, height: int | None, width: int | None) -> tuple[int, int]:
-        """The video size: given, else the preset's (for TI2V from the first frame's aspect at the preset's area,
-        Wan 2.2's ``best_output_size``)."""
+        """``(height, width)``: given, else the preset's (Wan's rule: with a conditioning image its aspect ratio at
+        the preset's area, e.g. Wan 2.2's ``best_output_size`` for TI2V)."""
+        from cofe_dit import output_size
+
         cfg = self.module.dit.cfg
-        d = _defaults(cfg)
-        if height and width:
-            return height, width
-        if first_frame is not None and cfg.model_type == "ti2v":
-            try:
-                from cofe_dit import best_output_size
-            except ImportError:
-                best_output_size = None
-            if best_output_size is not None and d.get("height") and d.get("width"):
-                s = cfg.vae_stride[1] * cfg.patch_size[1]
-                w, h = best_output_size(first_frame.shape[1], first_frame.shape[0], s, s, d["height"] * d["width"])
-                return h, w
-        return height or d.get("height") or 64, width or d.get("width") or 64
+        if first_frame is not None and cfg.model_type != "t2v":
+            w, h = output_size(cfg, first_frame.shape[1], first_frame.shape[0])
+        else:
+            w, h = output_size(cfg)
+        return height or h, width or w
 
     def __call__(
         self,
@@ -104,8 +90,7 @@ class Sampler:
             module, enc = self.module, self.enc
             dit = module.dit
             cfg = dit.cfg
-            d = _defaults(cfg)
-            frames = frames or d.get("num_frames") or 17
+            frames = frames or cfg.sampling.num_frames
             height, width = self.output_size(first_frame, height, width)
             enc.geometry.check(frames, height, width, cfg.patch_size)
             if cfg.model_type == "i2v" and first_frame is None:
@@ -119,7 +104,7 @@ class Sampler:
             zero_faces = [torch.zeros_like(f) for f in faces]  # what training's face dropout shows the model
             ctx = enc.text.encode_padded([prompt]).to(self.device)  # (1, T, text_dim)
             if negative_prompt is None:
-                negative_prompt = d.get("negative_prompt", "")
+                negative_prompt = cfg.sampling.negative_prompt  # Wan's own, encoded by the same text encoder
             neg = enc.text.encode_padded([negative_prompt]).to(self.device)
             shape = (1, *enc.geometry.latent_shape(frames, height, width))
             first = cond = clip = None
@@ -130,7 +115,7 @@ class Sampler:
                 else:  # i2v: mask + VAE latent of [first frame, zeros], and the frame's CLIP tokens
                     cond = i2v_condition(enc.i2v_latent(img, frames), shape[2], cfg.vae_stride[0])
                     clip = enc.image.encode(img)
-            config = config or SamplerConfig()
+            config = config or SamplerConfig.from_defaults(cfg)
             latent = sample(
                 dit,
                 shape,
@@ -149,18 +134,11 @@ class Sampler:
 
 
 def sampler_config(cfg, *, steps=None, shift=None, solver=None, text_scale=None, face_scale=None):
-    """The preset's sampler settings with the given ones overriding them."""
+    """The preset's sampler settings (Wan's) with the given ones overriding them."""
     from cofe_dit import SamplerConfig
 
-    d = _defaults(cfg)
-    values = {
-        "steps": steps or d.get("steps"),
-        "shift": shift if shift is not None else d.get("shift"),
-        "solver": solver or d.get("solver"),
-        "text_scale": text_scale if text_scale is not None else d.get("text_scale", d.get("guide_scale")),
-        "face_scale": face_scale,
-    }
-    return SamplerConfig(**{k: v for k, v in values.items() if v is not None})
+    given = {"steps": steps, "shift": shift, "solver": solver, "text_scale": text_scale, "face_scale": face_scale}
+    return SamplerConfig.from_defaults(cfg, **{k: v for k, v in given.items() if v is not None})
 
 
 def main(argv: list[str]) -> int:
@@ -233,7 +211,7 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"cofe sample: {exc}", file=sys.stderr)
         return 2
-    fps = a.fps or _defaults(cfg).get("fps") or 16.0
+    fps = a.fps or cfg.sampling.fps
     path = write_mp4(video, out, fps=fps)
     for crop, suffix in zip(crops, (".ref_id.png", ".ref.png"), strict=True):
         out.with_name(out.stem + suffix).write_bytes(png_bytes(crop))

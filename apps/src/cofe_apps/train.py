@@ -87,6 +87,29 @@ class FSDP2Strategy(ModelParallelStrategy):
         self._tensor_parallel_size = 1
         super().setup_environment()
 
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
+        """Every rank writes into ``.NAME.partial``; rank 0 then swaps it in for ``NAME``, so a run killed while
+        saving leaves the previous checkpoint (or the complete new one), never a directory missing ranks."""
+        import shutil
+
+        from cofe_apps.io import fsync_dir
+
+        path = Path(self.broadcast(str(filepath)))
+        tmp, old = path.with_name(f".{path.name}.partial"), path.with_name(f".{path.name}.old")
+        if self.global_rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.barrier()
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        self.barrier()
+        if self.global_rank == 0:
+            shutil.rmtree(old, ignore_errors=True)
+            if path.exists():
+                path.rename(old)
+            tmp.rename(path)
+            fsync_dir(path.parent)
+            shutil.rmtree(old, ignore_errors=True)
+        self.barrier()
+
 
 def _mlflow(trainer: L.Trainer) -> MLFlowLogger | None:
     for logger in trainer.loggers:
@@ -207,6 +230,33 @@ def _checkpoints_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.ckpt")) if folder.is_dir() else []
 
 
+def _complete(path: Path) -> bool:
+    """A checkpoint that was written to the end: a whole zip file, or a sharded directory with its metadata."""
+    import zipfile
+
+    if path.is_dir():
+        return (path / "meta.pt").is_file() and (path / ".metadata").is_file()
+    return path.is_file() and zipfile.is_zipfile(path)
+
+
+def resolve_last(folder: Path) -> Path | None:
+    """``--ckpt_path last``: ``last.ckpt`` if complete, else the newest complete step checkpoint (a run killed
+    while writing ``last.ckpt`` resumes from the one before)."""
+    import re
+
+    def step(p: Path) -> int:
+        m = re.search(r"step=(\d+)", p.name)
+        return int(m.group(1)) if m else -1
+
+    candidates = [folder / "last.ckpt", *sorted(_checkpoints_in(folder), key=step, reverse=True)]
+    for path in candidates:
+        if path.exists() and _complete(path):
+            if path.name != "last.ckpt" and (folder / "last.ckpt").exists():
+                rank_zero_info(f"cofe fit: {folder / 'last.ckpt'} is incomplete; resuming from {path.name}")
+            return path
+    return None
+
+
 class CoFECLI(LightningCLI):
     """Adds the run name, the checkpoint and export callbacks as config sections (``checkpoint:``, ``export:``,
     ``gates:``), the components default and the resume logic described in the module docstring."""
@@ -243,8 +293,8 @@ class CoFECLI(LightningCLI):
             c.model.components = _components_beside(c.data.train_shards)
         ckpt_dir = Path(c.checkpoint.dirpath)
         if c.ckpt_path == "last":
-            last = ckpt_dir / "last.ckpt"
-            if last.exists():
+            last = resolve_last(ckpt_dir)
+            if last is not None:
                 c.ckpt_path = str(last)
             else:
                 rank_zero_info(f"cofe fit: no checkpoint in {ckpt_dir} for run {c.name!r}: starting a new run")

@@ -1,5 +1,6 @@
-"""Model weights at real size: build on ``meta``, initialise deterministically whatever the sharding, read pretrained
-Wan weights straight into each rank's shard, and read back every kind of training checkpoint.
+"""Model weights at real size: build on ``meta``, initialise deterministically whatever the sharding, fingerprint the
+pretrained base, and read back every kind of training checkpoint (pretrained Wan weights are read by
+``cofe_dit.load_into``, tensor by tensor from memory-mapped safetensors, each rank its own shard).
 
 No Lightning here: ``CoFEModule.configure_model`` calls these, and so do ``cofe sample`` and ``cofe export``.
 
@@ -21,10 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,151 +137,6 @@ def init_cofe(cofe: nn.Module, seed: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------ pretrained Wan weights
-
-
-@dataclass
-class BaseLoadReport:
-    """What loading a pretrained Wan checkpoint into the DiT found."""
-
-    source: str
-    layout: str
-    loaded: int = 0
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
-    allowed_missing: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        line = f"checkpoint {self.source} ({self.layout} layout): {self.loaded} tensors loaded"
-        if self.allowed_missing:
-            line += f"; {len(self.allowed_missing)} face-branch tensors start at their (zero) initialisation"
-        return line
-
-
-class _SafetensorsIndex:
-    """Tensor names -> (file, source key) over the weight files of a Wan / diffusers checkpoint, without reading
-    any tensor."""
-
-    def __init__(self, path: str | Path):
-        from safetensors import safe_open
-
-        from cofe_dit.checkpoint import CheckpointError, detect_layout, to_wan_layout, weight_files
-
-        self.path = Path(path)
-        self.files = weight_files(path)
-        self._open = {}
-        keys: dict[str, Path] = {}
-        self._torch: dict[str, Tensor] = {}
-        for file in self.files:
-            if file.suffix == ".safetensors":
-                try:
-                    handle = safe_open(str(file), framework="pt", device="cpu")
-                except Exception as exc:
-                    raise CheckpointError(f"cannot read {file}: {exc}") from exc
-                self._open[file] = handle
-                names = list(handle.keys())
-            else:  # .pt / .bin: memory-mapped zip checkpoints, never unpickled beyond tensors
-                part = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-                if isinstance(part, dict) and isinstance(part.get("state_dict"), dict):
-                    part = part["state_dict"]
-                self._torch.update(part)
-                names = list(part)
-            for name in names:
-                if name in keys:
-                    raise CheckpointError(f"{file} repeats key {name!r} found in {keys[name]}")
-                keys[name] = file
-        stripped = _strip_common_prefix(list(keys))  # original -> without a shared wrapper prefix
-        self.layout = detect_layout(stripped.values())
-        by_name = {new: old for old, new in stripped.items()}
-        if self.layout == "diffusers":
-            by_name = to_wan_layout(by_name)  # renames the keys; the values (original names) pass through
-        self.sources: dict[str, tuple[Path, str]] = {name: (keys[old], old) for name, old in by_name.items()}
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        file, key = self.sources[name]
-        if file in self._open:
-            return tuple(self._open[file].get_slice(key).get_shape())
-        return tuple(self._torch[key].shape)
-
-    def read(self, name: str, region: tuple[slice, ...] | None = None) -> Tensor:
-        """The tensor (or only ``region`` of it: a sharded rank reads its own rows, nothing else)."""
-        file, key = self.sources[name]
-        if file in self._open:
-            if region is None:
-                return self._open[file].get_tensor(key)
-            return self._open[file].get_slice(key)[region]
-        t = self._torch[key]
-        return t[region] if region is not None else t
-
-
-def _strip_common_prefix(keys: list[str]) -> dict[str, str]:
-    """original -> name without a wrapper prefix shared by every key (``model.``, ``module.``, ...)."""
-    out = {k: k for k in keys}
-    for prefix in ("module.", "model.", "_orig_mod.", "dit."):
-        if out and all(v.startswith(prefix) for v in out.values()):
-            out = {k: v[len(prefix) :] for k, v in out.items()}
-    return out
-
-
-@torch.no_grad()
-def load_base(dit: nn.Module, path: str | Path, strict: bool = True) -> BaseLoadReport:
-    """Read a pretrained Wan checkpoint (Wan or diffusers layout, sharded or not) into a materialised DiT.
-
-    Tensor by tensor from memory-mapped safetensors, straight into each parameter's dtype and device; a sharded
-    parameter reads only this rank's rows. Strict: every tensor the DiT needs must be there with its shape,
-    nothing may be left over; only the zero-initialised face branch (absent from every released Wan) may be
-    missing, and is reported.
-
-    Raises:
-        cofe_dit.CheckpointError: naming every missing, unexpected and mis-shaped tensor (and the architecture of
-            the checkpoint when it is another preset's).
-    """
-    from cofe_dit.checkpoint import CheckpointError
-
-    index = _SafetensorsIndex(path)
-    report = BaseLoadReport(str(path), index.layout)
-    own = dict(dit.named_parameters()) | {n: b for n, b in dit.named_buffers() if n in dit.state_dict()}
-    for name, target in own.items():
-        if name not in index.sources:
-            (report.allowed_missing if ".cross_attn.face." in name else report.missing).append(name)
-        elif index.shape(name) != tuple(target.shape):
-            report.mismatched.append((name, index.shape(name), tuple(target.shape)))
-    report.unexpected = sorted(k for k in index.sources if k not in own)
-    if strict and (report.missing or report.unexpected or report.mismatched):
-        raise CheckpointError(_mismatch_message(report, index, dit.cfg))
-    for name, target in own.items():
-        if name in index.sources and index.shape(name) == tuple(target.shape):
-            value = index.read(name, local_region(target))
-            local_view(target).copy_(value.to(dtype=target.dtype))
-            report.loaded += 1
-    return report
-
-
-def _mismatch_message(report: BaseLoadReport, index: _SafetensorsIndex, cfg) -> str:
-    lines = [f"checkpoint {report.source} ({report.layout} layout) does not fit the {cfg.name!r} DiT"]
-    shapes = {}
-    for key in ("patch_embedding.weight", "blocks.0.ffn.0.weight", "text_embedding.0.weight", "head.head.weight"):
-        if key in index.sources:
-            shapes[key] = index.shape(key)
-    if "patch_embedding.weight" in shapes:
-        dim, in_dim = shapes["patch_embedding.weight"][:2]
-        found = {"dim": dim, "in_dim": in_dim}
-        if "blocks.0.ffn.0.weight" in shapes:
-            found["ffn_dim"] = shapes["blocks.0.ffn.0.weight"][0]
-        if "text_embedding.0.weight" in shapes:
-            found["text_dim"] = shapes["text_embedding.0.weight"][1]
-        layers = {int(m.group(1)) for k in index.sources if (m := re.match(r"blocks\.(\d+)\.", k))}
-        found["num_layers"] = 1 + max(layers) if layers else 0
-        found["model_type"] = "i2v" if any(k.startswith("img_emb.") for k in index.sources) else cfg.model_type
-        diffs = [f"{k}={v} (model: {getattr(cfg, k)})" for k, v in found.items() if getattr(cfg, k) != v]
-        if diffs:
-            lines.append("  the checkpoint is a different architecture: " + ", ".join(diffs))
-    for title, items in (("shape mismatches", report.mismatched), ("missing", report.missing),
-                         ("unexpected", report.unexpected)):  # fmt: skip
-        if items:
-            shown = ", ".join(str(i) for i in items[:8]) + (f", ... ({len(items) - 8} more)" if len(items) > 8 else "")
-            lines.append(f"  {len(items)} {title}: {shown}")
-    return "\n".join(lines)
 
 
 def base_fingerprint(path: str | Path) -> dict[str, Any]:
