@@ -25,6 +25,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -209,6 +210,7 @@ class _Reader:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.entries: dict[str, _Entry] = {}
+        self._handles: dict[Path, Any] = {}  # one safe_open (one mmap) per file, opened on first zero-copy read
         for file in weight_files(path):
             if file.suffix == ".safetensors":
                 part = {e.key: e for e in _safetensors_entries(file)}
@@ -226,13 +228,13 @@ class _Reader:
         bytes are read into one buffer that is dropped once converted, so nothing is held twice.
         """
         e = self.entries[key]
-        if e.tensor is not None:
-            out = e.tensor.to(device=device, dtype=dtype)
-            return out.clone() if (out is e.tensor and not zero_copy) else out
+        if e.tensor is not None:  # torch files: already memory-mapped by torch.load(mmap=True)
+            return e.tensor.to(device=device, dtype=dtype)
         if zero_copy and dtype == e.dtype and device.type == "cpu":
             try:
-                with safe_open(str(e.file), framework="pt", device="cpu") as fh:
-                    return fh.get_tensor(e.key)
+                if e.file not in self._handles:
+                    self._handles[e.file] = safe_open(str(e.file), framework="pt", device="cpu")
+                return self._handles[e.file].get_tensor(e.key)
             except Exception as exc:  # safetensors raises its own error types for corrupt files
                 raise CheckpointError(f"cannot read {e.file} ({e.key}): {exc}") from exc
         buf = bytearray(e.nbytes)
@@ -244,8 +246,17 @@ class _Reader:
             t = torch.empty(e.shape, dtype=e.dtype)
         else:
             t = torch.frombuffer(buf, dtype=e.dtype).reshape(e.shape)
-        out = t.to(device=device, dtype=dtype)
-        return out.clone() if out.data_ptr() == t.data_ptr() and e.nbytes else out
+        return t.to(device=device, dtype=dtype)  # the buffer is private: no copy needed when nothing changes
+
+    def close(self) -> None:
+        """Drop the file handles (tensors already read stay valid: they hold their own mapping)."""
+        self._handles.clear()
+
+    def __enter__(self) -> _Reader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _torch_file(file: Path) -> Mapping[str, Tensor]:
@@ -268,9 +279,9 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dic
 
     On the CPU the tensors are memory-mapped (read lazily, copy-on-write).
     """
-    reader = _Reader(path)
     device = torch.device(device)
-    return {k: reader.read(k, e.dtype, device) for k, e in reader.entries.items()}
+    with _Reader(path) as reader:
+        return {k: reader.read(k, e.dtype, device) for k, e in reader.entries.items()}
 
 
 def detect_layout(keys: Iterable[str]) -> str:
@@ -359,7 +370,11 @@ def load_into(
     Returns:
         The ``LoadReport``.
     """
-    reader = _Reader(path)
+    with _Reader(path) as reader:
+        return _load(model, reader, path, strict=strict, dtype=dtype, device=device)
+
+
+def _load(model: DiT, reader: _Reader, path, *, strict: bool, dtype, device) -> LoadReport:
     names, layout = _wan_names(reader)
     shapes = _shapes(reader, names)
     report = compare(model, shapes, source=str(path), layout=layout)
@@ -375,12 +390,20 @@ def load_into(
             want_device = device or (torch.device("cpu") if param.is_meta else param.device)
             key = names.get(name)
             if key is None or tuple(reader.entries[key].shape) != tuple(param.shape):
-                if param.is_meta or want_dtype != param.dtype or want_device != param.device:
+                if param.is_meta:  # allocate, then Wan's initialisation below
                     new = torch.empty(param.shape, dtype=want_dtype, device=want_device)
                     module._parameters[pname] = nn.Parameter(new, requires_grad=param.requires_grad)
                     fresh.append(name)
+                elif want_dtype != param.dtype or want_device != param.device:  # keep its values, moved
+                    new = param.detach().to(device=want_device, dtype=want_dtype)
+                    module._parameters[pname] = nn.Parameter(new, requires_grad=param.requires_grad)
                 continue
-            if _is_dtensor(param) and not param.is_meta:
+            if _is_dtensor(param):
+                if param.is_meta:
+                    raise ValueError(
+                        f"{name} is a sharded parameter on the meta device: materialise the sharded model first "
+                        "(to_empty), or load before fully_shard"
+                    )
                 _load_shard(param, reader.read(key, param.dtype, torch.device("cpu")))
             elif param.is_meta or want_dtype != param.dtype or want_device != param.device:
                 value = reader.read(key, want_dtype, want_device)

@@ -284,6 +284,14 @@ class CrossAttention(nn.Module):
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _init_table(table: Tensor) -> None:
+    """AdaLN table ~ N(0, 1/D) (Wan: ``randn(1, k, dim) / dim**0.5``). Skipped on meta: the first Python-level meta
+    kernel (normal_, div) imports torch._dynamo, seconds of start-up; a meta model is initialised when materialised."""
+    if not table.is_meta:
+        with torch.no_grad():
+            nn.init.normal_(table, std=1.0 / table.shape[-1] ** 0.5)
+
+
 class DiTBlock(nn.Module):
     """One Wan block: modulated self-attention, (normed) cross-attention, modulated FFN. The FSDP wrap unit."""
 
@@ -297,7 +305,8 @@ class DiTBlock(nn.Module):
         self.norm2 = LayerNorm(d, cfg.eps)
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
         # AdaLN table added to the projected timestep: shift, scale, gate (attention), shift, scale, gate (FFN).
-        self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
+        self.modulation = nn.Parameter(torch.empty(1, 6, d))
+        _init_table(self.modulation)
 
     def forward(
         self,
@@ -339,7 +348,8 @@ class Head(nn.Module):
         d = cfg.dim
         self.norm = LayerNorm(d, cfg.eps)
         self.head = nn.Linear(d, cfg.out_dim * math.prod(cfg.patch_size))
-        self.modulation = nn.Parameter(torch.randn(1, 2, d) / d**0.5)
+        self.modulation = nn.Parameter(torch.empty(1, 2, d))
+        _init_table(self.modulation)
 
     def forward(self, x: Tensor, t_emb: Tensor) -> Tensor:
         shift, scale = (self.modulation.float()[None] + t_emb[:, :, None]).unbind(2)  # (B, 1|L, D)
