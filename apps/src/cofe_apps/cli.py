@@ -19,10 +19,32 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+PACKAGES = ("cofe_apps", "cofe_dit", "cofe_fusion", "cofe_encoders", "cofe_curation", "cofe_bench")
+
+
 def _usage() -> str:
-    lines = ["usage: cofe <command> [args]", "", "commands:"]
+    lines = ["usage: cofe <command> [args]   (cofe <command> --help for its options; cofe --version)", "", "commands:"]
     lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
+
+
+def versions() -> dict[str, str]:
+    """Every cofe package's ``__version__``, read from its source without importing it (importing would pull in
+    torch), and the git revision of the tree they run from."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    from cofe_apps.io import git_revision
+
+    out = {}
+    for name in PACKAGES:
+        spec = importlib.util.find_spec(name)
+        text = Path(spec.origin).read_text() if spec and spec.origin else ""
+        match = re.search(r'^__version__ = "([^"]+)"', text, re.M)
+        out[name.replace("_", "-")] = match.group(1) if match else "absent"
+    out["git"] = git_revision()
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print("\n".join(f"{k} {v}" for k, v in versions().items()))
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"cofe: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
