@@ -110,10 +110,41 @@ def test_weight_errors(tmp_path, clip_tiny):
         build_expert("audio")
 
 
+def test_describe(clip_tiny, dino_tiny):
+    assert clip_tiny.describe() == {
+        "kind": "semantic",
+        "variant": "tiny",
+        "weights": None,
+        "token_dim": 64,
+        "num_tokens": 16,
+        "pooled_dim": 32,
+        "image_size": 56,
+        "input": "head-crop-56",
+        "layer": 1,
+    }
+    d = dino_tiny.describe()
+    assert (d["kind"], d["token_dim"], d["num_tokens"], d["input"]) == ("detail", 48, 16, "head-crop-56")
+
+
+def test_default_semantic_width_matches_fusion_presets():
+    """The default semantic expert is ViT-H/14 (1280-d tokens), the width cofe_fusion's presets expect."""
+    from cofe_encoders.registry import DEFAULT_VARIANTS
+    from cofe_encoders.semantic import _vision_cfg
+
+    assert DEFAULT_VARIANTS["semantic"] == "ViT-H-14"
+    embed_dim, vision, quick_gelu = _vision_cfg("ViT-H-14")
+    assert (vision["width"], embed_dim, quick_gelu) == (1280, 1024, False)
+    assert (vision["image_size"] // vision["patch_size"]) ** 2 == 256
+    fusion_config = pytest.importorskip("cofe_fusion.config")  # a test-time cross-check only
+    widths = {e.name: e.width for e in fusion_config.CoFEConfig().experts}
+    assert widths["semantic"] == vision["width"] and widths["detail"] == 1024
+
+
 @pytest.mark.slow
 def test_real_architectures_build_offline():
-    """The real ViT-L/14 CLIP tower and DINOv2-L build from names alone (no download, random weights)."""
+    """The real ViT-H/14 CLIP tower and DINOv2-L build from names alone (no download, random weights)."""
     clip = build_expert("semantic", allow_random=True)
-    assert (clip.num_tokens, clip.token_dim, clip.pooled_dim) == (256, 1024, 768)
+    assert (clip.num_tokens, clip.token_dim, clip.pooled_dim) == (256, 1280, 1024)
+    assert clip.describe()["input"] == "head-crop-224"
     dino = build_expert("detail", variant="vit_large_patch14_reg4_dinov2.lvd142m", allow_random=True)
     assert (dino.num_tokens, dino.token_dim, dino.num_prefix) == (256, 1024, 5)

@@ -105,12 +105,49 @@ class FrozenExpert(nn.Module, ABC):
         """Same as :meth:`encode`."""
         return self.encode(images, **kwargs)
 
+    #: What the expert is designed to see (recorded by :meth:`describe`): ``"arcface-112-aligned"`` for the
+    #: identity expert, ``"head-crop-<size>"`` (the reference head crop, resized) for the ViT experts.
+    input_kind: str = ""
+    variant: str = ""
+    weights: str | None = None
+
+    def describe(self) -> dict:
+        """Machine-readable description, recorded in precompute's ``config.json``.
+
+        Returns:
+            ``{"kind", "variant", "weights", "token_dim", "num_tokens", "pooled_dim", "image_size", "input"}``
+            (subclasses add their own options).
+        """
+        return {
+            "kind": self.kind,
+            "variant": self.variant,
+            "weights": self.weights,
+            "token_dim": int(self.token_dim),
+            "num_tokens": int(self.num_tokens),
+            "pooled_dim": int(self.pooled_dim),
+            "image_size": int(self.image_size),
+            "input": self.input_kind,
+        }
+
 
 class ViTExpert(FrozenExpert):
     """A frozen ViT expert: resize + centre-crop to ``image_size`` and normalise with the ``mean`` / ``std`` buffers
-    (``(1, 3, 1, 1)``) that the subclass registers for its training data (CLIP's or ImageNet's statistics)."""
+    (``(1, 3, 1, 1)``) that the subclass registers for its training data (CLIP's or ImageNet's statistics).
+
+    Designed input: the **reference head crop** (:func:`cofe_encoders.face.reference_crop`: aligned by the 5
+    points, zoomed out 1.6x so hair, ears, head shape and accessories are in, background whitened), square, so
+    the resize to ``image_size`` keeps its aspect and the centre crop cuts nothing. Why this crop and not the
+    ArcFace one: CLIP and DINOv2 were trained on whole, centred objects (LAION, LVD-142M), and what they add to
+    the identity embedding is exactly what the tight 112 crop cuts off (hairstyle, face shape, skin and
+    accessories); the white background keeps the reference's backdrop and clothes from leaking into the video,
+    as ConsisID and PhotoMaker whiten theirs.
+    """
 
     image_size: int
+
+    @property
+    def input_kind(self) -> str:  # type: ignore[override]
+        return f"head-crop-{self.image_size}"
 
     def preprocess(self, images: Images) -> torch.Tensor:
         """``(B, 3, S, S)`` normalised input on the expert's device and dtype."""

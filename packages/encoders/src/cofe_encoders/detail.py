@@ -27,6 +27,10 @@ _TINY = {
 class DINOv2Expert(ViTExpert):
     """Frozen DINOv2 ViT from timm.
 
+    Designed input: the reference head crop (:func:`cofe_encoders.face.reference_crop`), resized to
+    ``image_size``; why, in :class:`~cofe_encoders.base.ViTExpert`. DINOv2's patch tokens carry the local
+    texture and shape detail (skin, hair strands, wrinkles) that CLIP's contrastive training discards.
+
     Args:
         variant: timm name (``"vit_large_patch14_dinov2.lvd142m"``, ``"vit_large_patch14_reg4_dinov2.lvd142m"``,
             ...) or ``"tiny"`` / ``"tiny-reg"`` (random weights, for tests).
@@ -56,6 +60,7 @@ class DINOv2Expert(ViTExpert):
         except RuntimeError as exc:  # timm raises RuntimeError for unknown names and mismatched checkpoints
             raise ValueError(f"could not build DINOv2 variant {variant!r} with weights {weights}: {exc}") from exc
         self.variant = variant
+        self.weights = str(weights) if weights is not None else None
         self.image_size = image_size
         self.num_prefix = self.model.num_prefix_tokens
         grid = image_size // 14

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import cv2
 import numpy as np
 import torch
 
@@ -51,9 +50,16 @@ class ArcFaceExpert(FrozenExpert):
           ``(B, 49, 1024)`` for SFace), returned raw. It is the last spatial representation that the identity
           loss shaped, so it keeps identity features while still saying where they are.
 
-    Images passed to :meth:`encode` are aligned with 5 keypoints when ``kps5`` is given, or with the largest
-    face that ``analyzer`` finds when the expert has one; otherwise they are taken to be aligned crops already
-    (such as a curated ``ref.png``) and are only resized to 112x112.
+    **Designed input: the ArcFace 112x112 template crop** (insightface ``norm_crop``: eyes, nose and mouth
+    corners on :data:`~cofe_encoders.align.ARCFACE_TEMPLATE`), the only geometry the recogniser was trained on.
+    A resized head crop is not that: on a curated clip its embedding had cosine 0.35 to the aligned one. So
+    :meth:`encode` aligns by construction and refuses to guess:
+
+    * ``encode(images, kps5=K)``: each image is aligned with its 5 keypoints (``norm_crop``);
+    * ``encode(images)`` with an ``analyzer``: the largest face of each image is detected and aligned;
+    * ``encode(crops, aligned=True)``: the crops *are* 112x112 template crops and go in unchanged (any other
+      size is an error naming it);
+    * anything else raises ``ValueError``.
 
     Args:
         model_path: Local ``.onnx`` recognition model.
@@ -63,6 +69,10 @@ class ArcFaceExpert(FrozenExpert):
         analyzer: Optional face analyser used to align images given without keypoints.
         providers: onnxruntime execution providers; by default CUDA when the expert is on a CUDA device and
             onnxruntime has it, else CPU.
+        intra_op_threads: onnxruntime intra-op threads of the CPU session (``None``: onnxruntime's default, one
+            per core; set it when several processes share a machine).
+        allow_spinning: Let idle onnxruntime threads spin-wait (``False`` when processes share the cores: a
+            spinning pool takes a core from its neighbour).
 
     Raises:
         FileNotFoundError: ``model_path`` missing.
@@ -71,6 +81,7 @@ class ArcFaceExpert(FrozenExpert):
     """
 
     kind = "identity"
+    input_kind = "arcface-112-aligned"
 
     def __init__(
         self,
@@ -81,13 +92,21 @@ class ArcFaceExpert(FrozenExpert):
         input_norm: Literal["auto", "arcface", "raw"] = "auto",
         analyzer: FaceAnalyzer | None = None,
         providers: list[str] | None = None,
+        intra_op_threads: int | None = None,
+        allow_spinning: bool = True,
     ) -> None:
         super().__init__()
+        if intra_op_threads is not None and intra_op_threads < 1:
+            raise ValueError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
+        self.intra_op_threads = intra_op_threads
+        self.allow_spinning = allow_spinning
         if tokens not in ("embedding", "spatial"):
             raise ValueError(f"tokens must be 'embedding' or 'spatial', got {tokens!r}")
         if input_norm not in ("auto", "arcface", "raw"):
             raise ValueError(f"input_norm must be 'auto', 'arcface' or 'raw', got {input_norm!r}")
         self.model_path = Path(model_path).expanduser()
+        self.variant = self.model_path.stem
+        self.weights = str(self.model_path)
         self.tokens_mode = tokens
         self.normalize = normalize
         self.analyzer = analyzer
@@ -128,17 +147,43 @@ class ArcFaceExpert(FrozenExpert):
             providers = self._providers
             if providers is None:
                 providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if key == "cuda" else None
-            self._sessions[key] = make_session(self._model, providers)
+            threads = self.intra_op_threads if key == "cpu" else None
+            self._sessions[key] = make_session(self._model, providers, threads, self.allow_spinning)
         return self._sessions[key]
 
-    def align(self, images: Images, kps5: np.ndarray | Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
-        """Return the 112x112 RGB uint8 crops that :meth:`encode` feeds to the network."""
+    def describe(self) -> dict:
+        """Machine-readable description (recorded in precompute's ``config.json``); ``variant`` is the model
+        file's name (``glintr100``, ``w600k_r50``, ``face_recognition_sface_2021dec_int8bq``)."""
+        return {**super().describe(), "tokens": self.tokens_mode, "normalize": self.normalize}
+
+    def align(
+        self,
+        images: Images,
+        kps5: np.ndarray | Sequence[np.ndarray] | None = None,
+        aligned: bool = False,
+    ) -> list[np.ndarray]:
+        """Return the 112x112 RGB uint8 crops that :meth:`encode` feeds to the network (rules in the class doc).
+
+        Raises:
+            ValueError: ``aligned=True`` with a crop that is not 112x112, or neither keypoints, an analyser nor
+                ``aligned=True`` to say how the images are aligned, or no face found by the analyser.
+        """
+        if aligned and kps5 is not None:
+            raise ValueError("pass either kps5 (align here) or aligned=True (already aligned), not both")
         arrays = to_uint8_list(images)
         if kps5 is not None:
             kps_list = [check_kps5(k, f"kps5[{i}]") for i, k in enumerate(kps5)]
             if len(kps_list) != len(arrays):
                 raise ValueError(f"got {len(arrays)} images but {len(kps_list)} keypoint sets")
             return [norm_crop(img, k) for img, k in zip(arrays, kps_list, strict=True)]
+        if aligned:
+            for i, img in enumerate(arrays):
+                if img.shape[:2] != (ARCFACE_SIZE, ARCFACE_SIZE):
+                    raise ValueError(
+                        f"image {i}: aligned=True needs a {ARCFACE_SIZE}x{ARCFACE_SIZE} ArcFace template crop "
+                        f"(norm_crop), got {img.shape[1]}x{img.shape[0]}; pass kps5 to align a larger image"
+                    )
+            return arrays
         if self.analyzer is not None:
             crops = []
             for i, img in enumerate(arrays):
@@ -147,10 +192,14 @@ class ArcFaceExpert(FrozenExpert):
                     raise ValueError(f"image {i} ({img.shape[1]}x{img.shape[0]}): no face found to align")
                 crops.append(norm_crop(img, faces[0].kps5))
             return crops
-        return [
-            img if img.shape[:2] == (112, 112) else cv2.resize(img, (112, 112), interpolation=cv2.INTER_AREA)
-            for img in arrays
-        ]
+        shapes = sorted({f"{img.shape[1]}x{img.shape[0]}" for img in arrays})
+        raise ValueError(
+            f"the identity expert needs aligned faces: got {len(arrays)} image(s) of size {', '.join(shapes)} with no "
+            "kps5, no analyzer and aligned=False. Pass kps5=(5, 2) keypoints per image (aligned here with "
+            "norm_crop), build the expert with analyzer=... (largest face detected and aligned), or pass "
+            "aligned=True for 112x112 ArcFace template crops. Resizing a head crop to 112 px is not alignment "
+            "(cosine 0.35 to the aligned embedding)."
+        )
 
     def _run(self, blob: np.ndarray) -> list[np.ndarray]:
         session = self._session()
@@ -160,8 +209,10 @@ class ArcFaceExpert(FrozenExpert):
             return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
         return session.run(None, {name: blob})
 
-    def _encode(self, images: Images, kps5: np.ndarray | Sequence[np.ndarray] | None = None) -> ExpertOutput:
-        crops = self.align(images, kps5)
+    def _encode(
+        self, images: Images, kps5: np.ndarray | Sequence[np.ndarray] | None = None, aligned: bool = False
+    ) -> ExpertOutput:
+        crops = self.align(images, kps5, aligned)
         blob = np.stack(crops).astype(np.float32).transpose(0, 3, 1, 2)  # (B, 3, 112, 112) RGB
         if not self.raw_pixels:
             blob = (blob - _MEAN) / _STD

@@ -112,10 +112,32 @@ def expose_feature_map(model: onnx.ModelProto, name: str) -> None:
     model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
 
 
-def make_session(model: onnx.ModelProto, providers: list[str] | None = None) -> ort.InferenceSession:
-    """An onnxruntime session for an in-memory model (CPU unless ``providers`` says otherwise)."""
+def make_session(
+    model: onnx.ModelProto,
+    providers: list[str] | None = None,
+    intra_op_threads: int | None = None,
+    allow_spinning: bool = True,
+) -> ort.InferenceSession:
+    """An onnxruntime session for an in-memory model (CPU unless ``providers`` says otherwise).
+
+    Args:
+        model: The graph.
+        providers: Execution providers, best first; unavailable ones are skipped.
+        intra_op_threads: Threads for one operator (``None``: onnxruntime's default, one per core). With it set,
+            inter-op parallelism is 1 (these graphs are sequential).
+        allow_spinning: Let idle worker threads spin-wait. Spinning is faster for one process alone but takes
+            the cores from other processes (curation runs one process per core): pass ``False`` there.
+    """
     options = ort.SessionOptions()
     options.log_severity_level = 3  # keep onnxruntime's initializer warnings out of user logs
+    if intra_op_threads is not None:
+        if intra_op_threads < 1:
+            raise ValueError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
+        options.intra_op_num_threads = int(intra_op_threads)
+        options.inter_op_num_threads = 1
+    if not allow_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     available = ort.get_available_providers()
     providers = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
     return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=providers)

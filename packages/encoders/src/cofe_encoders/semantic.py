@@ -38,9 +38,14 @@ def _vision_cfg(variant: str) -> tuple[int, dict, bool]:
 class CLIPVisionExpert(ViTExpert):
     """Frozen open_clip vision tower.
 
+    Designed input: the reference head crop (:func:`cofe_encoders.face.reference_crop`), resized to
+    ``image_size`` (224 for ViT-H/14: 16 x 16 = 256 tokens); why, in :class:`~cofe_encoders.base.ViTExpert`.
+
     Args:
-        variant: open_clip model name (``"ViT-L-14-quickgelu"`` for OpenAI's ViT-L/14, ``"ViT-L-14"``,
-            ``"ViT-H-14"``...) or ``"tiny"`` (random weights, for tests).
+        variant: open_clip model name (``"ViT-H-14"``, the default: LAION-2B ViT-H/14, 1280-d tokens, the tower
+            Wan 2.1 I2V's CLIP also uses; ``"ViT-L-14-quickgelu"`` for OpenAI's ViT-L/14, ``"ViT-L-14"``...)
+            or ``"tiny"`` (random weights, for tests). Weights: open_clip's ``laion2b_s32b_b79k``
+            ``open_clip_pytorch_model.bin`` for ViT-H-14.
         weights: Local checkpoint: an open_clip / OpenAI state dict (``.bin``, ``.pt``, ``.pth``,
             ``.safetensors``) of the whole CLIP model (keys ``visual.*``) or of the vision tower alone.
             ``None`` keeps random weights.
@@ -52,7 +57,7 @@ class CLIPVisionExpert(ViTExpert):
 
     def __init__(
         self,
-        variant: str = "ViT-L-14-quickgelu",
+        variant: str = "ViT-H-14",
         weights: str | Path | None = None,
         layer: int = -2,
         image_size: int | None = None,
@@ -68,6 +73,7 @@ class CLIPVisionExpert(ViTExpert):
             raise ValueError(f"layer {layer} out of range for a {depth}-block tower ({variant})")
         self.layer = layer % depth
         self.variant = variant
+        self.weights = str(weights) if weights is not None else None
         if weights is not None:
             state = load_state_dict_file(weights, "CLIP")
             if any(k.startswith("visual.") for k in state):
@@ -85,6 +91,9 @@ class CLIPVisionExpert(ViTExpert):
         self.register_buffer("mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1), persistent=False)
         self.freeze()
+
+    def describe(self) -> dict:
+        return {**super().describe(), "layer": self.layer}
 
     def _encode(self, images: Images) -> ExpertOutput:
         x = self.preprocess(images)  # (B, 3, S, S)

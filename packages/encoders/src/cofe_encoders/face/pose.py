@@ -69,6 +69,107 @@ def _face_model() -> np.ndarray:
 
 FACE_MODEL_3D = _face_model()
 
+# insightface's mean 3D face of the 68-point (iBUG 300-W) landmark layout, the reference its `landmark_3d_68` pose
+# is computed against (insightface `python-package/insightface/data/objects/meanshape_68.pkl`, rounded to 4
+# decimals). Stored there with x right, y down, z *towards* the camera (nose tip z = +0.60); here z is negated so
+# that it follows this module's camera axes (z into the scene). Units: about 10.5 cm (jaw width 0-16 = 1.25).
+_MEANSHAPE_68_TOWARDS_CAMERA = np.array(
+    [
+        [-0.6267, -0.2927, -0.3140],
+        [-0.5997, -0.1225, -0.2924],
+        [-0.5710, 0.0512, -0.2549],
+        [-0.5339, 0.2128, -0.1866],
+        [-0.4797, 0.3506, -0.0477],
+        [-0.3958, 0.4465, 0.0733],
+        [-0.2988, 0.5107, 0.1798],
+        [-0.1884, 0.5544, 0.3167],
+        [0.0015, 0.5844, 0.3884],
+        [0.1910, 0.5517, 0.3143],
+        [0.3269, 0.4896, 0.1684],
+        [0.4400, 0.4024, 0.0360],
+        [0.5069, 0.3116, -0.0948],
+        [0.5409, 0.2045, -0.2027],
+        [0.5741, 0.0457, -0.2842],
+        [0.5991, -0.1459, -0.2965],
+        [0.6275, -0.3077, -0.3020],
+        [-0.4747, -0.4376, 0.2365],
+        [-0.4167, -0.4718, 0.3160],
+        [-0.3475, -0.4841, 0.3661],
+        [-0.2606, -0.4764, 0.3992],
+        [-0.1671, -0.4578, 0.4166],
+        [0.1232, -0.4587, 0.4251],
+        [0.2064, -0.4804, 0.4158],
+        [0.2867, -0.4901, 0.3920],
+        [0.3624, -0.4769, 0.3528],
+        [0.4256, -0.4501, 0.2953],
+        [-0.0076, -0.3231, 0.4619],
+        [-0.0079, -0.2557, 0.5105],
+        [-0.0077, -0.1992, 0.5525],
+        [-0.0073, -0.1426, 0.5987],
+        [-0.1450, 0.0331, 0.4197],
+        [-0.0843, 0.0313, 0.4732],
+        [-0.0055, 0.0398, 0.5147],
+        [0.0635, 0.0461, 0.4792],
+        [0.1340, 0.0220, 0.4191],
+        [-0.3868, -0.3134, 0.2596],
+        [-0.3167, -0.3501, 0.3285],
+        [-0.2341, -0.3549, 0.3335],
+        [-0.1552, -0.3152, 0.3143],
+        [-0.2309, -0.2843, 0.3256],
+        [-0.3175, -0.2852, 0.3099],
+        [0.1390, -0.3098, 0.3183],
+        [0.2195, -0.3532, 0.3380],
+        [0.3017, -0.3497, 0.3331],
+        [0.3767, -0.3135, 0.2632],
+        [0.2967, -0.2871, 0.3220],
+        [0.2146, -0.2905, 0.3312],
+        [-0.2014, 0.2374, 0.3795],
+        [-0.1373, 0.1858, 0.4653],
+        [-0.0765, 0.1512, 0.5036],
+        [-0.0025, 0.1687, 0.5164],
+        [0.0644, 0.1509, 0.5045],
+        [0.1265, 0.1795, 0.4686],
+        [0.2182, 0.2390, 0.3757],
+        [0.1329, 0.2839, 0.4401],
+        [0.0680, 0.2974, 0.4774],
+        [-0.0005, 0.3000, 0.4871],
+        [-0.0693, 0.2970, 0.4805],
+        [-0.1425, 0.2743, 0.4381],
+        [-0.1781, 0.2306, 0.3964],
+        [-0.0740, 0.2147, 0.4653],
+        [-0.0026, 0.2141, 0.4832],
+        [0.0598, 0.2108, 0.4722],
+        [0.1669, 0.2313, 0.3968],
+        [0.0598, 0.2238, 0.4664],
+        [-0.0014, 0.2258, 0.4752],
+        [-0.0752, 0.2307, 0.4671],
+    ],
+    dtype=np.float64,
+)
+MEAN_FACE_68 = _MEANSHAPE_68_TOWARDS_CAMERA * np.array([1.0, 1.0, -1.0])
+
+
+def rotation_matrix(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """The ``(3, 3)`` head rotation for angles in degrees: ``Rz(roll) · Ry(-yaw) · Rx(-pitch)`` in camera axes.
+
+    A head point ``X`` (x right, y down, z into the scene, head frontal at zero) is seen at ``R @ X``. Inverse of
+    :func:`matrix_to_angles`.
+    """
+    y, p, r = np.radians([yaw, pitch, roll])
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(p), np.sin(p)], [0.0, -np.sin(p), np.cos(p)]])  # Rx(-pitch)
+    ry = np.array([[np.cos(y), 0.0, -np.sin(y)], [0.0, 1.0, 0.0], [np.sin(y), 0.0, np.cos(y)]])  # Ry(-yaw)
+    rz = np.array([[np.cos(r), -np.sin(r), 0.0], [np.sin(r), np.cos(r), 0.0], [0.0, 0.0, 1.0]])  # Rz(roll)
+    return rz @ ry @ rx
+
+
+def matrix_to_angles(rot: np.ndarray) -> tuple[float, float, float]:
+    """``(yaw, pitch, roll)`` in degrees of a head rotation in camera axes (inverse of :func:`rotation_matrix`)."""
+    rot = np.asarray(rot, dtype=np.float64)
+    yaw = np.degrees(np.arcsin(np.clip(rot[2, 0], -1.0, 1.0)))
+    pitch = -np.degrees(np.arctan2(rot[2, 1], rot[2, 2]))
+    roll = np.degrees(np.arctan2(rot[1, 0], rot[0, 0]))
+    return float(yaw), float(pitch), float(roll)
+
 
 @dataclass(frozen=True)
 class HeadPose:
@@ -95,26 +196,50 @@ def _project(params: np.ndarray, model: np.ndarray) -> np.ndarray:
 def _closed_form(kps: np.ndarray, model: np.ndarray) -> np.ndarray:
     """Least-squares affine camera, projected onto a scaled rotation (SVD); returns Gauss-Newton params."""
     x_c = kps - kps.mean(0)
-    a, *_ = np.linalg.lstsq(model, x_c, rcond=None)  # model @ a ≈ x_c, a: (3, 2)
+    a, *_ = np.linalg.lstsq(model - model.mean(0), x_c, rcond=None)  # model @ a ≈ x_c, a: (3, 2)
     u, sv, vt = np.linalg.svd(a.T, full_matrices=False)  # a.T = s R[:2] (2, 3)
     r12 = u @ vt  # nearest matrix with orthonormal rows
     rot = np.vstack([r12, np.cross(r12[0], r12[1])])
     rvec, _ = cv2.Rodrigues(rot)
-    return np.concatenate([rvec.ravel(), [sv.mean()], kps.mean(0)])
+    t = kps.mean(0) - sv.mean() * (model.mean(0) @ rot.T)[:2]
+    return np.concatenate([rvec.ravel(), [sv.mean()], t])
 
 
-def estimate_head_pose(kps5: np.ndarray, iterations: int = 20) -> HeadPose:
-    """Estimate yaw, pitch and roll from five keypoints (order in :mod:`cofe_encoders.align`).
+@dataclass(frozen=True)
+class PoseFit:
+    """A weak-perspective fit ``points ≈ scale · (rotation @ X)[:2] + translation``.
+
+    Attributes:
+        rotation: ``(3, 3)`` head rotation in camera axes (angles: :func:`matrix_to_angles`).
+        scale: Pixels per model unit.
+        translation: ``(2,)`` pixels.
+        rmse: Root-mean-square reprojection error in pixels.
+    """
+
+    rotation: np.ndarray
+    scale: float
+    translation: np.ndarray
+    rmse: float
+
+
+def fit_weak_perspective(points: np.ndarray, model: np.ndarray, iterations: int = 20) -> PoseFit:
+    """Fit a rigid 3D point model to 2D points under scaled orthographic projection.
+
+    Closed-form start (least-squares affine camera projected onto a scaled rotation, as in face3d's ``P2sRt``),
+    then Gauss-Newton on the reprojection error over rotation (Rodrigues vector), scale and translation.
 
     Args:
-        kps5: ``(5, 2)`` keypoints in image pixels.
-        iterations: Gauss-Newton iterations after the closed-form start.
+        points: ``(N, 2)`` image points in pixels, ``N >= 4``.
+        model: ``(N, 3)`` corresponding model points (x right, y down, z into the scene).
+        iterations: Gauss-Newton iterations.
 
     Returns:
-        The :class:`HeadPose`.
+        The :class:`PoseFit`.
     """
-    kps = check_kps5(kps5)
-    model = FACE_MODEL_3D
+    kps = np.asarray(points, dtype=np.float64)
+    model = np.asarray(model, dtype=np.float64)
+    if kps.ndim != 2 or kps.shape[1] != 2 or model.shape != (kps.shape[0], 3) or kps.shape[0] < 4:
+        raise ValueError(f"expected (N, 2) points and (N, 3) model points, N >= 4; got {kps.shape} and {model.shape}")
     params = _closed_form(kps, model)
     eps = 1e-6
     for _ in range(iterations):
@@ -129,9 +254,25 @@ def estimate_head_pose(kps5: np.ndarray, iterations: int = 20) -> HeadPose:
         if np.abs(delta).max() < 1e-9:
             break
     rot, _ = cv2.Rodrigues(params[:3])
-    yaw = np.degrees(np.arcsin(np.clip(rot[2, 0], -1.0, 1.0)))
-    pitch = -np.degrees(np.arctan2(rot[2, 1], rot[2, 2]))
-    roll = np.degrees(np.arctan2(rot[1, 0], rot[0, 0]))
+    rmse = float(np.sqrt(((_project(params, model) - kps) ** 2).sum(1).mean()))
+    return PoseFit(rot, float(params[3]), params[4:6].copy(), rmse)
+
+
+def estimate_head_pose(kps5: np.ndarray, iterations: int = 20) -> HeadPose:
+    """Estimate yaw, pitch and roll from five keypoints (order in :mod:`cofe_encoders.align`).
+
+    This is the raw 5-point solve: exact on exact keypoints, but detector keypoints compress |yaw| (see
+    :mod:`cofe_encoders.face.estimators` for the corrected offline estimator) and its pitch is unreliable.
+
+    Args:
+        kps5: ``(5, 2)`` keypoints in image pixels.
+        iterations: Gauss-Newton iterations after the closed-form start.
+
+    Returns:
+        The :class:`HeadPose`.
+    """
+    kps = check_kps5(kps5)
+    fit = fit_weak_perspective(kps, FACE_MODEL_3D, iterations)
+    yaw, pitch, roll = matrix_to_angles(fit.rotation)
     ipd = max(float(np.linalg.norm(kps[1] - kps[0])), 1e-6)
-    rmse = float(np.sqrt(((_project(params, model) - kps) ** 2).sum(1).mean()) / ipd)
-    return HeadPose(float(yaw), float(pitch), float(roll), rmse)
+    return HeadPose(yaw, pitch, roll, fit.rmse / ipd)

@@ -21,6 +21,10 @@ class Face:
         roll: Degrees, positive tilting to the subject's left shoulder.
         embedding: Optional L2-normalised identity embedding from the backend's recogniser.
         landmarks: Optional dense landmarks ``(N, 2)`` (insightface 2d106), when the backend has them.
+        pose_source: Which estimator set the angles (``"offline"``, ``"offline-raw"``, ``"insightface"``,
+            ``"6drepnet"``; :mod:`cofe_encoders.face.estimators`); ``""`` when none has.
+        pitch_reliable: Whether ``pitch`` may be used for thresholds and bins. False for the 5-point estimators
+            (their pitch errs by 11-18 degrees); use yaw only then.
     """
 
     bbox: np.ndarray
@@ -31,6 +35,8 @@ class Face:
     roll: float = 0.0
     embedding: np.ndarray | None = None
     landmarks: np.ndarray | None = field(default=None, repr=False)
+    pose_source: str = ""
+    pitch_reliable: bool = False
 
     @property
     def width(self) -> float:
@@ -45,7 +51,11 @@ class Face:
         return max(self.width, 0.0) * max(self.height, 0.0)
 
     def to_dict(self) -> dict:
-        """JSON-friendly dict with the fields of the curated-shard contract (DESIGN.md §3)."""
+        """JSON-friendly dict with the fields of the curated-shard contract (DESIGN.md §3).
+
+        ``pose_source`` and ``pitch_reliable`` are per estimator, not per face: record them once beside the
+        faces (for example from ``analyzer.describe()``), not in every face record.
+        """
         return {
             "bbox": [round(float(v), 2) for v in self.bbox],
             "kps5": [[round(float(x), 2), round(float(y), 2)] for x, y in self.kps5],
