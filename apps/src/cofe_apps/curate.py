@@ -44,6 +44,7 @@ from cofe_curation import (
     largest_first,
 )
 from cofe_curation.ingest import SHARD_SEP
+from cofe_curation.speech import speech_summary
 
 
 def _build(args: argparse.Namespace, cfg: CurationConfig):
@@ -115,12 +116,13 @@ def summary_table(report: dict, seconds: float) -> str:
     """The final summary: inputs by decision, then clips in and out of each stage, then throughput."""
     c = report["counts"]
     st = c["stages"]
+    speech_note, caption_lines = speech_summary(st["speech"])
     rows = [
         ("ingest", st["ingest"]["in"], st["ingest"]["rejected"], "inputs that do not decode"),
         ("shots", st["shots"]["in"], st["shots"]["rejected"], f"inputs with no clip; {st['shots']['clips_out']} clips"),
         ("faces", st["faces"]["in"], st["faces"]["rejected"], "clips"),
         ("identity", st["identity"]["in"], st["identity"]["rejected"], "clips"),
-        ("speech", st["speech"]["in"], 0, f"{st['speech']['speaking']} speaking"),
+        ("speech", st["speech"]["in"], 0, speech_note),
         ("write", st["write"]["in"], 0, f"{st['write']['written']} clips written"),
     ]
     lines = [f"{'stage':<10}{'in':>6}{'rejected':>10}  note", "-" * 56]
@@ -132,6 +134,7 @@ def summary_table(report: dict, seconds: float) -> str:
     )
     rate = c["seconds_in"] / seconds if seconds > 0 else 0.0
     lines.append(f"{c['seconds_in']:.1f} s of video in {seconds:.1f} s ({rate:.2f} video s per s)")
+    lines += caption_lines
     return "\n".join(lines)
 
 

@@ -41,6 +41,7 @@ import numpy as np
 
 from cofe_curation.identity import RECOGNIZERS, cluster_identities
 from cofe_curation.pipeline import InputResult
+from cofe_curation.speech import speech_report
 
 _SHARD_RE = re.compile(r"^rank(\d+)-(\d{6})\.(tar|manifest\.json)$")
 _ANY_RE = re.compile(r"^rank(\d+)-")
@@ -381,7 +382,7 @@ def _counts(inputs: list[dict[str, Any]]) -> dict[str, Any]:
         per_stage[stage] = {"in": entering, "rejected": rejected.get(stage, 0)}
         entering -= rejected.get(stage, 0)
     kept = [c for c in clips if c["decision"] == "kept"]
-    per_stage["speech"] = {"in": entering, "speaking": sum(c["summary"]["speaking"] for c in kept)}
+    per_stage["speech"] = {"in": entering, **speech_report(kept)}  # speaking / voice-over / silent, captions
     per_stage["write"] = {"in": entering, "written": len(kept)}
     return {
         "inputs": len(inputs),

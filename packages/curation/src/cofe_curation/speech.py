@@ -362,3 +362,58 @@ def speech_facts(source: SpeechResult | dict) -> dict:
     facts.update(source.get("speech_evidence") or {})
     facts.update({k: source.get(k) for k in ("caption", "caption_refined", "caption_rewriter")})
     return facts
+
+
+def speech_report(clips: list[dict], examples: int = 6) -> dict:
+    """The speech stage's part of the curation report, from kept clips' report records (``record()["speech"]``).
+
+    Returns:
+        ``{"speaking", "silent", "voice_over", "rules": {rule: count}, "rewriters": {source: count},
+        "examples": [{"key", "class", "rule", "caption", "caption_refined", "caption_rewriter"}, ...]}``:
+        ``silent`` counts clips without speech in their audio (or without audio), ``voice_over`` those with speech
+        that the visible person does not speak; examples show up to ``examples`` changed captions, taking each
+        class in turn.
+    """
+    counts = {"speaking": 0, "silent": 0, "voice_over": 0}
+    rules: dict[str, int] = {}
+    sources: dict[str, int] = {}
+    by_class: dict[str, list[dict]] = {"speaking": [], "voice_over": [], "silent": []}
+    for clip in clips:
+        facts = clip.get("speech") or {}
+        speaking = bool(facts.get("speaking", clip.get("summary", {}).get("speaking")))
+        cls = "speaking" if speaking else "voice_over" if facts.get("voice_over") else "silent"
+        counts[cls] += 1
+        rule = facts.get("rule") or "unknown"
+        rules[rule] = rules.get(rule, 0) + 1
+        source = str(facts.get("caption_rewriter") or "unknown").split(" (")[0]
+        sources[source] = sources.get(source, 0) + 1
+        if facts.get("caption_refined") is not None and facts.get("caption") != facts.get("caption_refined"):
+            by_class[cls].append(
+                {
+                    "key": clip.get("key"),
+                    "class": cls,
+                    "rule": rule,
+                    **{k: facts.get(k) for k in ("caption", "caption_refined", "caption_rewriter")},
+                }
+            )
+    picked: list[dict] = []
+    while len(picked) < examples and any(by_class.values()):
+        for cls in ("speaking", "voice_over", "silent"):
+            if by_class[cls] and len(picked) < examples:
+                picked.append(by_class[cls].pop(0))
+    return {**counts, "rules": dict(sorted(rules.items())), "rewriters": sources, "examples": picked}
+
+
+def speech_summary(stage: dict) -> tuple[str, list[str]]:
+    """``(note, example lines)`` for the printed curation summary, from ``report["counts"]["stages"]["speech"]``."""
+    note = (
+        f"{stage.get('speaking', 0)} speaking, {stage.get('voice_over', 0)} voice-over, {stage.get('silent', 0)} silent"
+    )
+    lines = []
+    for ex in stage.get("examples", []):
+        lines.append(f"  [{ex['class']}, {ex['rule']}, {ex['caption_rewriter']}]")
+        lines.append(f"    {ex['caption']!r}")
+        lines.append(f"    -> {ex['caption_refined']!r}")
+    if lines:
+        lines.insert(0, "captions (original -> refined):")
+    return note, lines
