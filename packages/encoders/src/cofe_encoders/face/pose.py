@@ -188,9 +188,26 @@ class HeadPose:
     rmse: float
 
 
+def _rodrigues(rvecs: np.ndarray) -> np.ndarray:
+    """``(K, 3)`` rotation vectors -> ``(K, 3, 3)`` matrices (Rodrigues' formula, batched)."""
+    theta = np.linalg.norm(rvecs, axis=1)[:, None, None]  # (K, 1, 1)
+    safe = np.where(theta > 1e-12, theta, 1.0)
+    k = rvecs[:, :, None] / safe  # (K, 3, 1) unit axes
+    kx = np.zeros((len(rvecs), 3, 3))
+    kx[:, 0, 1], kx[:, 0, 2], kx[:, 1, 2] = -k[:, 2, 0], k[:, 1, 0], -k[:, 0, 0]
+    kx = kx - kx.transpose(0, 2, 1)
+    out = np.eye(3) + np.sin(theta) * kx + (1.0 - np.cos(theta)) * (kx @ kx)
+    return np.where(theta > 1e-12, out, np.eye(3))
+
+
+def _project_many(params: np.ndarray, model: np.ndarray) -> np.ndarray:
+    """``(K, 6)`` parameter sets -> ``(K, N, 2)`` projections ``s · (R X)[:2] + t``."""
+    rot = _rodrigues(params[:, :3])  # (K, 3, 3)
+    return params[:, 3, None, None] * np.einsum("kij,nj->kni", rot[:, :2], model) + params[:, None, 4:6]
+
+
 def _project(params: np.ndarray, model: np.ndarray) -> np.ndarray:
-    rot, _ = cv2.Rodrigues(params[:3])
-    return params[3] * (model @ rot.T)[:, :2] + params[4:6]
+    return _project_many(params[None], model)[0]
 
 
 def _closed_form(kps: np.ndarray, model: np.ndarray) -> np.ndarray:
@@ -243,17 +260,16 @@ def fit_weak_perspective(points: np.ndarray, model: np.ndarray, iterations: int 
     params = _closed_form(kps, model)
     eps = 1e-6
     for _ in range(iterations):
-        res = (_project(params, model) - kps).ravel()
-        jac = np.empty((res.size, params.size))
-        for j in range(params.size):
-            step = np.zeros_like(params)
-            step[j] = eps * max(1.0, abs(params[j]))
-            jac[:, j] = ((_project(params + step, model) - kps).ravel() - res) / step[j]
+        # Forward-difference Jacobian, all six perturbations projected in one batch.
+        steps = np.diag(eps * np.maximum(1.0, np.abs(params)))  # (6, 6)
+        proj = _project_many(np.vstack([params, params + steps]), model) - kps  # (7, N, 2)
+        res = proj[0].ravel()
+        jac = ((proj[1:].reshape(6, -1) - res) / np.diag(steps)[:, None]).T  # (2N, 6)
         delta, *_ = np.linalg.lstsq(jac, -res, rcond=None)
         params = params + delta
-        if np.abs(delta).max() < 1e-9:
+        if np.abs(delta).max() < 1e-7:
             break
-    rot, _ = cv2.Rodrigues(params[:3])
+    rot = _rodrigues(params[None, :3])[0]
     rmse = float(np.sqrt(((_project(params, model) - kps) ** 2).sum(1).mean()))
     return PoseFit(rot, float(params[3]), params[4:6].copy(), rmse)
 
