@@ -87,6 +87,7 @@ def _decide(frames, audio, analyzer, fps=8.0):
 T8 = np.arange(24) / 8.0
 
 
+@pytest.mark.slow  # 6 clips x 24 frames of face detection: 4-14 s on 2 cores
 @pytest.mark.parametrize(("name", "sweep"), [("hopper", (0.0, 0.0)), ("t1-4", (-0.1, 0.1)), ("hanks", (-0.2, 0.2))])
 def test_synthetic_faces_are_decided_right(name, sweep, curator):
     """Real-texture faces, frontal or turning, with a synthetic voice with and without pauses: a still mouth under
