@@ -187,7 +187,13 @@ def main(argv=None) -> None:
         ids, step, variants = ids[:2], 15.0, VARIANTS[:1]
     print(f"# rendered-pose benchmark, git {_git_rev()}, ids={ids}, yaw step {step}, variants {list(variants)}")
     if args.reuse:
+        from cofe_encoders.face import correct_yaw
+
         rows = [json.loads(line) for line in args.rows.read_text().splitlines()]
+        for r in rows:  # re-score the default estimator with the correction as it is now
+            if r.get("offline-raw") is not None:
+                yaw, pitch, roll = r["offline-raw"]
+                r["offline"] = (correct_yaw(yaw), pitch, roll)
     else:
         t0 = time.perf_counter()
         rows = run(list(grid(ids, step, variants)), estimators)

@@ -9,7 +9,11 @@ held-out identities:
 * **regression**: isotonic regression of the true ``|yaw|`` on the raw one (least squares given the *reading*).
   It regresses towards the middle: it overestimates small angles and underestimates large ones per true bin.
 
-The knots printed for the chosen map go into ``cofe_encoders.face.estimators.YAW_CORRECTION``.
+* **blend** (the one shipped): the mean of the two, read every 5 degrees. Measured on the held-out identities it
+  meets more targets than either: the inverse calibration amplifies YuNet's keypoint noise where its yaw is
+  flat (40-60 degrees raw), the regression is biased per true bin; their mean keeps |bias| <= 4 below 80.
+
+The knots printed for the blend go into ``cofe_encoders.face.estimators.YAW_CORRECTION``.
 """
 
 from __future__ import annotations
@@ -67,6 +71,15 @@ def regression(true: np.ndarray, raw: np.ndarray, step: float = 5.0) -> list[tup
     return _thin([(0.0, 0.0)] + [(float(x), float(y)) for x, y in zip(xs[1:], ys[1:], strict=True)])
 
 
+def blend(inv, reg, weight: float = 0.5, step: float = 5.0) -> list[tuple[float, float]]:
+    """(raw, true) knots of ``weight * inv + (1 - weight) * reg``, read every ``step`` raw degrees, monotone."""
+    from cofe_encoders.face.estimators import correct_yaw
+
+    xs = np.arange(0.0, 90.0 + 1e-6, step)
+    ys = np.maximum.accumulate(weight * correct_yaw(xs, inv) + (1.0 - weight) * correct_yaw(xs, reg))
+    return _thin([(float(x), float(y)) for x, y in zip(xs, ys, strict=True)])
+
+
 def _thin(knots):
     out = [knots[0]]
     for x, y in knots[1:]:
@@ -96,17 +109,19 @@ def _score(rows, ids, knots, bins):
 
 
 def fit_and_report(rows, train_ids, test_ids) -> list[tuple[float, float]]:
-    """Fit both maps on ``train_ids``, print their held-out scores, return the inverse-calibration knots."""
+    """Fit the maps on ``train_ids``, print their held-out scores, return the blend's knots."""
     from bench_pose import BINS
 
     true, raw = _pairs(rows, train_ids)
     inv = inverse_calibration(true, raw, knots_true=np.arange(0.0, 91.0, 5.0))
     reg = regression(true, raw)
+    mix = blend(inv, reg)
     ident = [(0.0, 0.0), (90.0, 90.0)]
     print(f"\nyaw correction fitted on {list(train_ids)} ({len(true)} detected renders)")
-    for name, knots in (("none", ident), ("inverse calibration", inv), ("regression", reg)):
+    for name, knots in (("none", ident), ("inverse calibration", inv), ("regression", reg), ("blend", mix)):
         print(f"  {name:20s} held-out {list(test_ids)}: {_score(rows, test_ids, knots, BINS)}")
         print(f"  {'':20s} train:            {_score(rows, train_ids, knots, BINS)}")
     print("  inverse-calibration knots (raw, true):", tuple(inv))
     print("  regression knots (raw, true):", tuple(reg))
-    return inv
+    print("  blend knots (raw, true), shipped as YAW_CORRECTION:", tuple(mix))
+    return mix
