@@ -232,12 +232,13 @@ def _read_sharded(path: Path) -> TrainingCheckpoint:
         if key.startswith("state_dict.") and isinstance(md, TensorStorageMetadata)
     }
     nested = {"state_dict": {k[len("state_dict.") :]: v for k, v in want.items()}}
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
     try:
         dcp_load(nested, checkpoint_id=str(path), no_dist=True)
-    except Exception as exc:
-        raise TrainingCheckpointError(
-            f"cannot read the sharded checkpoint {path}: {type(exc).__name__}: {exc}"
-        ) from exc
+    except (Exception, CheckpointException) as exc:
+        last = [line for line in str(exc).splitlines() if line.strip()][-1:] or [type(exc).__name__]
+        raise TrainingCheckpointError(f"cannot read the sharded checkpoint {path}: {last[0].strip()}") from exc
     meta = rest.get("cofe")
     if not isinstance(meta, dict):
         raise TrainingCheckpointError(f"{path} was not written by CoFEModule (no 'cofe' record in meta.pt)")
