@@ -80,9 +80,12 @@ def _awkward_inputs(folder: Path, turning) -> dict[str, str]:
 
 
 # Runs `cofe curate` in a child process and prints the child's peak RSS (all work in that process: --workers 0).
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across exec, so a child forked from a large pytest
+# process would report the parent's size.
 _MEASURED = (
-    "import resource, sys; from cofe_apps.cli import main; rc = main(sys.argv[1:]); "
-    "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
+    "import re, sys; from cofe_apps.cli import main; rc = main(sys.argv[1:]); "
+    "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1); "
+    "print('MAXRSS_KB', hwm); sys.exit(rc)"
 )
 
 

@@ -102,13 +102,17 @@ class FaceConfig:
             (Pech-Pacheco et al. 2000, "Diatom autofocusing in brightfield microscopy"); blurred faces fall well
             below sharp ones at this fixed scale.
         min_yaw_range_deg: The head must move: yaw range (5th to 95th percentile) at least this, whatever the
-            pose; above the spread of a still head's per-frame yaw estimates (1.0-8.6 deg on 9 real faces held
-            still for 2 s under camera noise, 4.0 on a still profile; README), so a static profile is rejected
+            pose; twice the largest spread of a still head's yaw (9 real faces held still for 2 s under camera noise:
+            0.8-5.6 deg smoothed, 1.0-8.6 per frame; a still profile 3.3; README), so a static profile is rejected
             however large its yaw. AND ...
-        wide_yaw_range_deg: ... either the range reaches this ...
+        wide_yaw_range_deg: ... either the range reaches this (a sweep no jitter makes; the webcam clip's
+            second shot, a person talking with small head turns, sweeps 23.8 smoothed) ...
         min_abs_yaw_p90_deg: ... or the 90th percentile of |yaw| reaches this (the head spends at least 10 % of
             the clip beyond it). Percentiles, not the raw maximum: one mis-estimated frame must not pass a clip.
         min_score: Minimum detector score for a face to count.
+        pose_smoothing_s: Width of the window over which the track's per-frame angles are smoothed
+            (``cofe_encoders.face.smooth_pose``; 0: no smoothing). Half a second spans 4 sampled frames at 8 fps,
+            longer than keypoint jitter and shorter than a head turn.
     """
 
     max_second_face_ratio: float = 0.1
@@ -120,10 +124,11 @@ class FaceConfig:
     track_max_shift: float = 0.5
     track_shift_per_s: float = 1.0
     min_sharpness: float = 15.0
-    min_yaw_range_deg: float = 15.0
-    wide_yaw_range_deg: float = 25.0
+    min_yaw_range_deg: float = 12.0
+    wide_yaw_range_deg: float = 20.0
     min_abs_yaw_p90_deg: float = 35.0
     min_score: float = 0.6
+    pose_smoothing_s: float = 0.5
 
 
 @dataclass

@@ -14,6 +14,11 @@ given, its embedding matches the track's frame of nearest yaw. A face that is no
 (before 0.3.0 the track fell back to the largest face and could switch people silently): if such a face stays
 at least ``min_switch_s`` while the tracked one is gone, the clip is rejected as a person switch.
 
+**Pose track.** The per-frame angles are smoothed over time (``cofe_encoders.face.smooth_pose``: robust local
+lines over ``pose_smoothing_s``, which keep the peak of a turn) on the tracked frames only, so a frame without a
+face stays without a pose; the pose statistics and the reference choice use the smoothed yaw, the shard JSON keeps
+both (``yaw``, ``yaw_smooth``).
+
 **Rules** (:func:`check_faces`). Detection is counted over the track's span (first to last tracked frame), and
 every run of frames without the main face, inside the track or at the clip's ends, must be at most
 ``max_gap_s``: a clip that turns to profile and back keeps its frames; the gaps are recorded in the shard JSON.
@@ -29,7 +34,7 @@ import cv2
 import numpy as np
 
 from cofe_curation.config import FaceConfig
-from cofe_encoders.face import Face, FaceAnalyzer, norm_crop
+from cofe_encoders.face import Face, FaceAnalyzer, norm_crop, smooth_pose
 
 # Detections in consecutive sampled frames belong to one tracklet if their boxes overlap by at least this IoU.
 _TRACK_IOU = 0.3
@@ -138,6 +143,7 @@ class FaceTrack:
         span: Sampled frames from the first to the last tracked frame (``0`` for an empty track).
         switch: Why the track ended at a different person (``None``: it did not).
         reacquired: How often the track picked its face up again after losing it.
+        smoothed: ``(K, 3)`` yaw, pitch, roll smoothed over time (``None``: not smoothed).
     """
 
     indices: np.ndarray
@@ -149,10 +155,17 @@ class FaceTrack:
     span: int = 0
     switch: str | None = None
     reacquired: int = 0
+    smoothed: np.ndarray | None = None
 
     @property
     def yaws(self) -> np.ndarray:
+        """``(K,)`` per-frame yaw as the estimator read it."""
         return np.array([f.yaw for f in self.faces], np.float64)
+
+    @property
+    def pose_yaws(self) -> np.ndarray:
+        """``(K,)`` yaw the rules use: smoothed over time where the track was smoothed, else per frame."""
+        return self.smoothed[:, 0] if self.smoothed is not None else self.yaws
 
 
 def _centre(face: Face) -> np.ndarray:
@@ -251,6 +264,10 @@ def track_main_face(
         chain += list(zip(linked.frames, linked.faces, strict=True))
     indices = np.array([i for i, _ in chain], np.int64)
     faces = [f for _, f in chain]
+    smoothed = None
+    if cfg.pose_smoothing_s > 0:
+        angles = np.array([[f.yaw, f.pitch, f.roll] for f in faces], np.float64)  # (K, 3)
+        smoothed = smooth_pose(times[indices], angles, window_s=cfg.pose_smoothing_s)
     return FaceTrack(
         indices=indices,
         faces=faces,
@@ -261,6 +278,7 @@ def track_main_face(
         span=int(indices[-1] - indices[0] + 1),
         switch=switch,
         reacquired=len(chain_parts) - 1,
+        smoothed=smoothed,
     )
 
 
@@ -370,7 +388,7 @@ def face_stats(track: FaceTrack, frame_shape: tuple[int, int], scale: float) -> 
         return FaceStats(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, track.second_face_ratio, longest, 0.0, track.switch)
     sides = np.array([min(f.width, f.height) for f in track.faces]) / scale
     areas = np.array([f.area for f in track.faces]) / float(frame_shape[0] * frame_shape[1])
-    yaws = track.yaws
+    yaws = track.pose_yaws
     lo, hi = np.percentile(yaws, [5, 95])
     return FaceStats(
         detect_fraction=len(track.faces) / max(track.span, 1),

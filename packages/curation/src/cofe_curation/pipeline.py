@@ -104,7 +104,7 @@ class ClipResult:
             rec["speech_reason"] = self.annotation.get("speech_reason")
             rec["recognizer"] = self.annotation.get("recognizer")
             rec["speech"] = speech_facts(self.annotation)
-            rec["yaws"] = [f["yaw"] for f in self.annotation["faces"]]
+            rec["yaws"] = [f.get("yaw_smooth", f["yaw"]) for f in self.annotation["faces"]]
         if self.embedding is not None:
             rec["embedding"] = [round(float(v), 5) for v in self.embedding]
         return rec
@@ -209,6 +209,14 @@ class Curator:
             raise RuntimeError("the face analyser returned no embedding; it needs a recognition model")
         return np.asarray(best.embedding) / max(float(np.linalg.norm(best.embedding)), 1e-12)
 
+    def pose_info(self, track: FaceTrack) -> dict[str, Any]:
+        """How the faces' angles were estimated (recorded once per clip, beside the faces): the analyser's
+        description, whether pitch may be used (5-point pitch errs by 11-18 degrees: never), and the smoothing."""
+        info = dict(self.analyzer.describe())
+        info["pitch_reliable"] = bool(track.faces) and all(f.pitch_reliable for f in track.faces)
+        info["smoothing_s"] = self.cfg.faces.pose_smoothing_s if track.smoothed is not None else 0.0
+        return info
+
     def _identity_check(self) -> IdentityCheck:
         ic = self.cfg.identity
         return IdentityCheck(self.embed_face, self.thresholds.reacquire, ic.pose_window_deg, ic.yaw_slope)
@@ -273,7 +281,7 @@ class Curator:
             pos, emb = embed_track(
                 self.analyzer, video.frames, track, cfg.identity.max_embed_frames, recognizer=self.recognizer
             )
-            yaws = track.yaws[pos]
+            yaws = track.pose_yaws[pos]
             consistency = id_consistency(emb, yaws, cfg.identity)
             reason = check_identity(consistency, self.thresholds.min_consistency)
             seconds["identity"] += time.perf_counter() - tic
@@ -382,7 +390,8 @@ class Curator:
             audio = video.audio[max(0, a0) : a1]
         mp4 = encode_mp4(frames, fps, audio, video.audio_rate, cfg.write.crf)
         faces = []
-        for i, face in zip(track.indices, track.faces, strict=True):
+        smooth = track.pose_yaws
+        for i, face, yaw_smooth in zip(track.indices, track.faces, smooth, strict=True):
             t = float(video.times[i]) - span.t0  # seconds into the clip
             # The first clip frame that shows this analysed frame: frame f shows the latest source frame at or
             # before t0 + (f + 0.5) / fps (cofe_curation.media.cut_clips).
@@ -394,6 +403,7 @@ class Curator:
                 "kps5": [[round(float(x) * k, 2), round(float(y) * k, 2)] for x, y in face.kps5],
             }
             rec.update({n: v for n, v in face.to_dict().items() if n not in ("bbox", "kps5")})
+            rec["yaw_smooth"] = round(float(yaw_smooth), 2)
             faces.append(rec)
         ref_images, ref_rec = self._reference(video, track, ref, cut, faces[ref], span.t0)
         annotation = {
@@ -411,6 +421,7 @@ class Curator:
             "speech_reason": speech.reason,
             "speech_evidence": speech.evidence.to_dict(),
             "faces": faces,
+            "pose": self.pose_info(track),
             "face_gaps": [[round(a - span.t0, 4), round(b - span.t0, 4)] for a, b in track.gaps],
             "detect_fraction": round(stats.detect_fraction, 4),
             "reacquired": track.reacquired,
@@ -489,7 +500,7 @@ def reference_index(track: FaceTrack) -> int:
     """The tracked frame the reference is cut from: the most frontal of the sharper half (position in
     ``track.faces``)."""
     sharp_half = np.argsort(-track.sharpness)[: max(1, (len(track.faces) + 1) // 2)]
-    return int(sharp_half[np.argmin(np.abs(track.yaws[sharp_half]))])
+    return int(sharp_half[np.argmin(np.abs(track.pose_yaws[sharp_half]))])
 
 
 def _decide(result: InputResult, cfg: CurationConfig) -> None:
