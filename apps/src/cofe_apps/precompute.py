@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cofe_apps.components import (
+from cofe_apps.specs import (
     ComponentsSpec,
     ExpertsSpec,
     ImageSpec,
