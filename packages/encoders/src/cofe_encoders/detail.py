@@ -38,6 +38,8 @@ class DINOv2Expert(ViTExpert):
             position embedding to ``image_size``), loaded through ``pretrained_cfg_overlay=dict(file=...)``.
             ``None`` keeps random weights.
         image_size: Input side, a multiple of 14 (224 gives 16x16 = 256 patch tokens).
+        depth: Keep only this many blocks, at the variant's full width (random-weight rehearsals of a real
+            geometry on a CPU; refused with ``weights``). None keeps the variant's depth.
     """
 
     kind = "detail"
@@ -47,12 +49,17 @@ class DINOv2Expert(ViTExpert):
         variant: str = "vit_large_patch14_dinov2.lvd142m",
         weights: str | Path | None = None,
         image_size: int = 224,
+        depth: int | None = None,
     ) -> None:
         super().__init__()
         if image_size % 14 != 0:
             raise ValueError(f"image_size must be a multiple of the patch size 14, got {image_size}")
         name, extra = _TINY.get(variant, (variant, {}))
         kwargs = dict(extra, img_size=image_size, num_classes=0)
+        if depth is not None:  # random-weight rehearsals at the variant's width
+            if weights is not None:
+                raise ValueError("depth= shrinks a random-weight model; a checkpoint has its own depth")
+            kwargs["depth"] = depth
         if weights is not None:
             kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(resolve_file(weights, "DINOv2"))})
         try:

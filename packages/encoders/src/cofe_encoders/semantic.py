@@ -51,6 +51,8 @@ class CLIPVisionExpert(ViTExpert):
             ``None`` keeps random weights.
         layer: Which block's output gives the tokens (negative counts from the end; ``-2`` = penultimate).
         image_size: Input side (default: the model's).
+        depth: Keep only this many transformer blocks, at the variant's full width (random-weight rehearsals of
+            a real geometry on a CPU; refused with ``weights``). None keeps the variant's depth.
     """
 
     kind = "semantic"
@@ -61,11 +63,16 @@ class CLIPVisionExpert(ViTExpert):
         weights: str | Path | None = None,
         layer: int = -2,
         image_size: int | None = None,
+        depth: int | None = None,
     ) -> None:
         super().__init__()
         embed_dim, vision_cfg, quick_gelu = _vision_cfg(variant)
         if image_size is not None:
             vision_cfg["image_size"] = image_size
+        if depth is not None:
+            if weights is not None:
+                raise ValueError("depth= shrinks a random-weight tower; a checkpoint has its own depth")
+            vision_cfg["layers"] = depth
         cfg = open_clip.model.CLIPVisionCfg(**vision_cfg)
         self.visual = open_clip.model._build_vision_tower(embed_dim, cfg, quick_gelu=quick_gelu)
         depth = len(self.visual.transformer.resblocks)
