@@ -146,3 +146,12 @@ def test_finalize_refuses_mixed_recognisers(tmp_path):
     writer.close()
     with pytest.raises(ValueError, match="different recognisers"):
         finalize(tmp_path, plots=False)
+
+
+def test_records_of_rejected_inputs_are_committed_as_the_run_goes(tmp_path):
+    writer = ShardWriter(tmp_path, max_clips=64, max_inputs=3)
+    for name in ("a", "b", "c", "d"):
+        writer.add(_result(name, 0, rejected=1))
+    # No close(): a kill now loses only "d" (its input is done again), not the records of the first three.
+    assert done_sources(tmp_path) == {"a", "b", "c"}
+    assert not list((tmp_path / "shards").glob("*.tar"))  # a manifest without a tar: nothing was kept

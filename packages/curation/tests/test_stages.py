@@ -70,7 +70,7 @@ def test_a_turn_to_profile_and_back_keeps_its_track_through_the_lost_frames(cura
     # Before 0.3.0: 71 % of frames < min_detect_fraction=0.8 rejected it.
     assert len(track.faces) / len(video.frames) < 0.8
     pos, emb = embed_track(curator.analyzer, video.frames, track, 8, recognizer=curator.recognizer)
-    assert check_identity(id_consistency(emb, track.yaws[pos], IdentityConfig()), MIN_CONSISTENCY) is None
+    assert check_identity(id_consistency(emb, track.pose_yaws[pos], IdentityConfig()), MIN_CONSISTENCY) is None
 
 
 def test_person_switch_is_not_followed(curator, clips):
@@ -101,7 +101,7 @@ def test_identity_stage_rejects_a_swap_and_keeps_a_turning_face(curator, clips):
             curator.analyzer, video.frames, track, cfg.max_embed_frames, recognizer=curator.recognizer
         )
         assert emb.shape == (len(pos), 128)
-        results[kind] = id_consistency(emb, track.yaws[pos], cfg)
+        results[kind] = id_consistency(emb, track.pose_yaws[pos], cfg)
     assert results["swap"] < 0.35 and "identity drifts" in check_identity(results["swap"], MIN_CONSISTENCY)
     assert results["turning"] > 0.6 and check_identity(results["turning"], MIN_CONSISTENCY) is None
 

@@ -146,7 +146,9 @@ class IdentityConfig:
         pose_window_deg: Frame pairs whose yaws differ by at most this are compared as they are.
         yaw_slope: Pairs further apart in yaw get this similarity credit per degree beyond the window, because
             identity similarity falls with the yaw gap (Sengupta et al. 2016, CFP frontal-profile benchmark);
-            0.005 credits a 60-degree gap with 0.2.
+            0.0025 credits a 60-degree gap with 0.1. Frames link through frames of similar pose, so the credit
+            only matters where a clip has no frames between its poses; 0.005 (0.2.0) raised a person swap's
+            score from 0.30 to 0.32-0.37, close to ``min_consistency``, 0.0025 keeps it at 0.30-0.31.
         outliers: ``id_consistency`` may leave out up to this many embedded frames (never more than a quarter of
             them): one bad detection or crop must not reject a clip, while an identity swap affects many frames.
         min_consistency: Clips with ``id_consistency`` below this are rejected (``None``: the profile's).
@@ -161,7 +163,7 @@ class IdentityConfig:
     recognizer: str = "auto"
     max_embed_frames: int = 8
     pose_window_deg: float = 20.0
-    yaw_slope: float = 0.005
+    yaw_slope: float = 0.0025
     outliers: int = 1
     min_consistency: float | None = None
     cluster_threshold: float | None = None

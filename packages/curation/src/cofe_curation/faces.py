@@ -38,6 +38,10 @@ from cofe_encoders.face import Face, FaceAnalyzer, norm_crop, smooth_pose
 
 # Detections in consecutive sampled frames belong to one tracklet if their boxes overlap by at least this IoU.
 _TRACK_IOU = 0.3
+# A detection overlapping the tracked face's box by at least this IoU is a second detection of the same head (YuNet's
+# NMS suppresses only above 0.3, and a strongly turned face can fire twice: measured 0.28-0.29 on a composed
+# profile), not a second person; two people's faces do not overlap this much unless one hides the other.
+_DUPLICATE_IOU = 0.2
 
 
 def detect_faces(analyzer: FaceAnalyzer, frames: np.ndarray, min_score: float = 0.0) -> list[list[Face]]:
@@ -84,7 +88,7 @@ class IdentityCheck:
     embed: Callable[[np.ndarray, Face], np.ndarray]
     threshold: float
     window: float = 20.0
-    slope: float = 0.005
+    slope: float = 0.0025
 
 
 @dataclass
@@ -314,14 +318,14 @@ def _inconsistency(
 
 def _second_face_ratio(detections: list[list[Face]], chain: list[tuple[int, Face]], start: int, stop: int) -> float:
     """Largest area of a face that is not the tracked one over the tracked face's area (its last area where the
-    track has no face in a frame)."""
+    track has no face in a frame); detections overlapping the tracked box by IoU >= 0.2 are the same head."""
     main_at = {i: f for i, f in chain}
     ratio = 0.0
     ref = chain[0][1]
     for i in range(start, stop):
         main = main_at.get(i)
         ref = main if main is not None else ref
-        others = [f.area for f in detections[i] if f is not main]
+        others = [f.area for f in detections[i] if f is not main and box_iou(f.bbox, ref.bbox) < _DUPLICATE_IOU]
         if others and ref.area > 0:
             ratio = max(ratio, max(others) / ref.area)
     return float(ratio)

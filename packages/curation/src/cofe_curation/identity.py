@@ -68,10 +68,10 @@ RECOGNIZERS: dict[str, RecognizerProfile] = {
             "verify: OpenCV's published SFace cosine threshold 0.363 (opencv_zoo models/face_recognition_sface/"
             "sface.py and opencv samples/dnn/face_detect.py, tuned on LFW); min_consistency: that threshold plus "
             "a margin, since id_consistency is the best of several pairs (measured on composed real faces: a "
-            "person swap 0.32, a turn to profile and back 0.47, turning faces 0.75-0.91); cluster: clip embeddings "
-            "of 9 real people x 4 clips, same person 0.81-0.96, different people median 0.19, max 0.49, mean "
-            "across two people at most 0.42: average linkage separates all 9 from 0.45 to 0.55, single linkage "
-            "only from 0.5 (README)"
+            "person swap 0.30, a turn to profile and back 0.46, turning real faces 0.52-0.91); cluster: clip "
+            "embeddings of 9 real people x 4 clips, same person 0.81-0.96, different people median 0.19, max "
+            "0.49, mean across two people at most 0.42: average linkage separates all 9 from 0.45 to 0.55, "
+            "single linkage only from 0.5 (README)"
         ),
     ),
     "arcface": RecognizerProfile(

@@ -112,13 +112,16 @@ class ShardWriter:
         out_dir: Output directory.
         rank: This process's rank (shards are named ``rank{rank}-{i:06d}``).
         max_clips: Close a shard once it holds at least this many clips.
+        max_inputs: ... or once this many inputs are pending, so that the records of a run that keeps few clips
+            (thousands of rejected inputs) are committed as it goes, not all at the end.
     """
 
-    def __init__(self, out_dir: str | Path, rank: int = 0, max_clips: int = 64) -> None:
+    def __init__(self, out_dir: str | Path, rank: int = 0, max_clips: int = 64, max_inputs: int = 256) -> None:
         self.dir = Path(out_dir) / "shards"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rank = rank
         self.max_clips = max_clips
+        self.max_inputs = max_inputs
         committed = _remove_uncommitted(self.dir, {rank})
         self.index = max(committed.get(rank, {-1})) + 1
         self._tar: tarfile.TarFile | None = None
@@ -147,7 +150,7 @@ class ShardWriter:
         rec["frames"] = result.frames
         self._inputs.append(rec)
         self._clips += len(kept)
-        if self._clips >= self.max_clips:
+        if self._clips >= self.max_clips or len(self._inputs) >= self.max_inputs:
             self.commit()
 
     def commit(self) -> None:
