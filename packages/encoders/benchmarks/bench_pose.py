@@ -13,7 +13,7 @@ render counts as detected when a face is found whose box (grown by 15 %) holds t
 
 Usage::
 
-    .venv/bin/python packages/encoders/benchmarks/bench_pose.py                # full grid (~10 min on 2 cores)
+    .venv/bin/python packages/encoders/benchmarks/bench_pose.py                # full grid (456 renders, ~9 min)
     .venv/bin/python packages/encoders/benchmarks/bench_pose.py --quick        # 2 identities, 15-degree steps
     .venv/bin/python packages/encoders/benchmarks/bench_pose.py --fit          # refit the yaw correction
 

@@ -13,6 +13,11 @@ held-out identities:
   meets more targets than either: the inverse calibration amplifies YuNet's keypoint noise where its yaw is
   flat (40-60 degrees raw), the regression is biased per true bin; their mean keeps |bias| <= 4 below 80.
 
+Also tried, not adopted: averaging the yaw of the image and of its mirror image before correcting (cancels the
+detector's asymmetric noise) took the held-out 0-30 MAE from 4.6 to 2.9 but not 30-60 (7.3) or 60-80 (10.1), for
+twice the detection cost; a ridge regressor on the keypoints normalised by the YuNet box did no better than the
+monotone maps (30-60: 7.6) and is biased per bin.
+
 The knots printed for the blend go into ``cofe_encoders.face.estimators.YAW_CORRECTION``.
 """
 
