@@ -444,6 +444,11 @@ class CLIPImageEncoder:
 # ---------------------------------------------------------------------------------------------------- experts
 
 
+def _shallow(depth: int | None) -> dict:
+    """``build_expert`` options of a random tower kept at ``depth`` blocks (rehearsals), or none."""
+    return {} if depth is None else {"depth": depth, "allow_random": True}
+
+
 class FaceExperts:
     """Runs the three experts on a reference face; returns what CoFE's projectors read.
 
@@ -459,11 +464,29 @@ class FaceExperts:
         from cofe_encoders import build_expert
 
         self.spec = spec
-        self.experts = {
-            "identity": build_expert("identity", weights=spec.identity, variant=spec.identity_variant, device=device),
-            "semantic": build_expert("semantic", weights=spec.semantic, variant=spec.semantic_variant, device=device),
-            "detail": build_expert("detail", weights=spec.detail, variant=spec.detail_variant, device=device),
-        }
+        # Random-weight experts (tiny variants, rehearsals) are seeded: precompute, training and sampling must see
+        # the same network.
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.experts = {
+                "identity": build_expert(
+                    "identity", weights=spec.identity, variant=spec.identity_variant, device=device
+                ),
+                "semantic": build_expert(
+                    "semantic",
+                    weights=spec.semantic,
+                    variant=spec.semantic_variant,
+                    device=device,
+                    **_shallow(spec.semantic_depth),
+                ),
+                "detail": build_expert(
+                    "detail",
+                    weights=spec.detail,
+                    variant=spec.detail_variant,
+                    device=device,
+                    **_shallow(spec.detail_depth),
+                ),
+            }
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """Per expert: the shard key, which output CoFE reads, its width and token count, the variant."""

@@ -569,16 +569,22 @@ class CoFEModule(L.LightningModule):
         return state
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, ema: bool = False, device: str = "cpu", dit_weights=None):
+    def from_checkpoint(
+        cls, path: str | Path, *, ema: bool = False, device: str = "cpu", dit_weights=None, dtype=None
+    ) -> CoFEModule:
         """A module (in eval mode) from any checkpoint kind (:func:`cofe_apps.weights.read_checkpoint`); never needs
-        the base folder unless the checkpoint is slim (then ``dit_weights`` or the recorded path)."""
+        the base folder unless the checkpoint is slim (then ``dit_weights`` or the recorded path).
+
+        ``dtype`` casts the DiT (its fp32 islands stay fp32; CoFE stays fp32): one compute dtype for sampling,
+        whatever storage dtypes training used (a bf16 frozen base beside fp32 trained layers). None keeps them.
+        """
         from cofe_apps.weights import read_checkpoint
 
         ckpt = read_checkpoint(path)
-        return cls.from_state(ckpt, ema=ema, device=device, dit_weights=dit_weights)
+        return cls.from_state(ckpt, ema=ema, device=device, dit_weights=dit_weights, dtype=dtype)
 
     @classmethod
-    def from_state(cls, ckpt, *, ema: bool = False, device: str = "cpu", dit_weights=None):
+    def from_state(cls, ckpt, *, ema: bool = False, device: str = "cpu", dit_weights=None, dtype=None):
         import inspect
 
         known = set(inspect.signature(cls.__init__).parameters) - {"self", "_record"}
@@ -611,4 +617,6 @@ class CoFEModule(L.LightningModule):
             if ckpt.kind == "export":
                 raise ValueError(f"{ckpt.path} is an export: it holds one set of weights (export with --ema for EMA)")
             module.apply_ema()
+        if dtype is not None:
+            module.dit.to(dtype)
         return module.to(device).eval()

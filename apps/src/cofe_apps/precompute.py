@@ -28,6 +28,7 @@ from cofe_apps.specs import (
     LatentGeometry,
     TextSpec,
     VAESpec,
+    rehearsal_components,
     text_dim,
     vae_geometry,
 )
@@ -373,6 +374,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("inputs", nargs="+", help="curated shards (paths or brace patterns)")
     p.add_argument("--out", required=True)
     p.add_argument("--tiny", action="store_true", help="tiny random VAE and text encoder, tiny experts (tests, demo)")
+    p.add_argument(
+        "--rehearse",
+        metavar="PRESET",
+        help="random-weight components at PRESET's real geometry and widths, shallow enough for a CPU (a rehearsal "
+        "of precompute -> fit -> sample before the real weights are fetched; --identity still picks ArcFace)",
+    )
     p.add_argument("--linear-vae", help="a linear codec file (.npz) instead of a Wan VAE (see components.LinearCodec)")
     p.add_argument(
         "--fit-linear-vae",
@@ -403,7 +410,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--device", default=None)
     a = p.parse_args(argv)
     codec = a.linear_vae or a.fit_linear_vae
-    if not a.tiny and not ((a.vae or codec) and a.text_encoder):
+    if not a.tiny and not a.rehearse and not ((a.vae or codec) and a.text_encoder):
         p.error("give --vae (or a linear codec) and --text-encoder (local folders), or --tiny")
     import torch
 
@@ -426,6 +433,13 @@ def main(argv: list[str]) -> int:
         ),
         image=ImageSpec(path=a.image_encoder) if a.image_encoder else None,
     )
+    if a.rehearse:
+        try:
+            spec = rehearsal_components(a.rehearse, a.identity)
+        except ValueError as exc:
+            p.error(str(exc))
+        cfg.vae, cfg.text, cfg.experts, cfg.image = spec.vae, spec.text, spec.experts, spec.image
+        cfg.text.text_len = a.text_len
     try:
         text_dim(cfg.text)
         excluded = frozenset(c.strip() for c in a.exclude_clusters.split(",") if c.strip())

