@@ -102,11 +102,11 @@ class FaceConfig:
             (Pech-Pacheco et al. 2000, "Diatom autofocusing in brightfield microscopy"); blurred faces fall well
             below sharp ones at this fixed scale.
         min_yaw_range_deg: The head must move: yaw range (5th to 95th percentile) at least this, whatever the
-            pose; twice the largest spread of a still head's yaw (9 real faces held still for 2 s under camera noise:
-            0.8-5.6 deg smoothed, 1.0-8.6 per frame; a still profile 3.3; README), so a static profile is rejected
-            however large its yaw. AND ...
+            pose; over twice the largest spread of a still head's yaw (9 real faces held still for 2 s under camera
+            noise: 0.7-4.4 deg smoothed, 0.9-7.5 per frame; a still profile 2.6; README), so a static profile is
+            rejected however large its yaw. AND ...
         wide_yaw_range_deg: ... either the range reaches this (a sweep no jitter makes; the webcam clip's
-            second shot, a person talking with small head turns, sweeps 23.8 smoothed) ...
+            second shot, a person talking with small head turns, sweeps 27.8 smoothed) ...
         min_abs_yaw_p90_deg: ... or the 90th percentile of |yaw| reaches this (the head spends at least 10 % of
             the clip beyond it). Percentiles, not the raw maximum: one mis-estimated frame must not pass a clip.
         min_score: Minimum detector score for a face to count.
