@@ -130,7 +130,7 @@ def fit_config(cfg: DemoConfig, out: Path) -> dict:
     16 latent channels, CoFE over the SFace / tiny CLIP / tiny DINOv2 features that precompute stored."""
     return {
         "seed_everything": cfg.seed,
-        "name": "demo",
+        "name": "demo-fit",
         "trainer": {
             "accelerator": "cpu",
             "devices": 1,
