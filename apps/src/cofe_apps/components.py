@@ -280,7 +280,10 @@ class TextEncoder:
 
             enc_dir = root / "text_encoder" if (root / "text_encoder").exists() else root
             tok_dir = root / "tokenizer" if (root / "tokenizer").exists() else root
-            self.model = UMT5EncoderModel.from_pretrained(enc_dir, torch_dtype=dtype, local_files_only=True)
+            # Straight into ``dtype``, tensor by tensor (low_cpu_mem_usage: the weights are never held twice).
+            self.model = UMT5EncoderModel.from_pretrained(
+                enc_dir, torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=True
+            )
             hf_tok = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
 
             def tokenize(prompts: list[str], max_length: int) -> tuple[Tensor, Tensor]:
@@ -371,7 +374,9 @@ class CLIPImageEncoder:
             if spec.path:
                 if not Path(spec.path).exists():
                     raise FileNotFoundError(f"no CLIP image encoder at {spec.path}")
-                self._hf = CLIPVisionModel.from_pretrained(spec.path, torch_dtype=dtype, local_files_only=True)
+                self._hf = CLIPVisionModel.from_pretrained(
+                    spec.path, torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=True
+                )
             elif spec.tiny:
                 size = 28 if spec.small_input else 224
                 cfg = CLIPVisionConfig(
@@ -523,14 +528,21 @@ class FaceExperts:
 
 
 class Encoders:
-    """The built components (VAE, text encoder, face experts, CLIP image encoder) on one device."""
+    """The built components (VAE, text encoder, face experts, CLIP image encoder) on one device.
 
-    def __init__(self, spec: ComponentsSpec, device: str | torch.device = "cpu"):
+    Dtypes are chosen once, here, as Wan runs them: on CUDA the umT5 encoder and the CLIP image tower in bf16
+    (Wan's ``t5_dtype`` / ``clip_dtype`` are half precision; the 5.7B umT5-XXL is 11 GB in bf16, 23 GB in fp32), the
+    VAE and the face experts in fp32; on the CPU everything in fp32. ``half`` overrides the CUDA choice.
+    """
+
+    def __init__(self, spec: ComponentsSpec, device: str | torch.device = "cpu", half: torch.dtype | None = None):
         self.spec = spec
+        cuda = torch.device(device).type == "cuda"
+        half = half or (torch.bfloat16 if cuda else torch.float32)
         self.vae = build_vae(spec.vae, device)
-        self.text = TextEncoder(spec.text, device)
+        self.text = TextEncoder(spec.text, device, half)
         self.experts = FaceExperts(spec.experts, device)
-        self.image = CLIPImageEncoder(spec.image, device) if spec.image else None
+        self.image = CLIPImageEncoder(spec.image, device, half) if spec.image else None
 
     @property
     def geometry(self) -> LatentGeometry:
