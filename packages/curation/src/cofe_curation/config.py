@@ -194,8 +194,9 @@ class SpeechConfig:
             turning fast through +-40 degrees up to 1.95, their mouth band distorted by the turn).
         min_voice_lock: Where the clip has pauses, a moving mouth speaks only if it moves at least this many times
             more under speech than in the pauses (the real speaker 2.4; a chewing mouth under a voice-over 0.8-1.05).
-        max_yaw: Frames with a larger |yaw| (degrees, as the face analyser reads it) are left out of the mouth
-            measurement; the others are weighted by cos(yaw).
+        max_yaw: Frames with a larger |yaw| (degrees, as the face analyser reads it: the offline estimator's yaw is
+            corrected to true angles since cofe-encoders 0.2) are left out of the mouth measurement; the others are
+            weighted by cos(yaw). 70 keeps the frames the uncorrected reading's 60 kept (about 70-75 true).
         min_usable_pairs: Frame pairs with the mouth visible needed to judge it; with fewer, speech in the audio is
             not attributed to the visible person.
         rewriter: Caption rewriter: ``"rules"`` (default, offline) or ``"module:attr"`` of a
@@ -209,7 +210,7 @@ class SpeechConfig:
     min_mouth_excess: float = 0.06
     min_mouth_ratio: float = 2.0
     min_voice_lock: float = 1.4
-    max_yaw: float = 60.0
+    max_yaw: float = 70.0
     min_usable_pairs: int = 6
     rewriter: str = "rules"
     speaking_sentence: str = "The person is speaking."

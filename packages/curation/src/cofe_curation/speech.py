@@ -25,8 +25,8 @@ signals, and every clip records them (:class:`SpeechEvidence`, the shard JSON's 
   the absolute motion alone decides (the fix for voice-overs that never pause: before 0.3.0 the audio decided).
 
 **Yaw.** A turned face shows its mouth foreshortened and its 5-point alignment degrades, so frames whose
-|yaw| exceeds :attr:`SpeechConfig.max_yaw` (60 degrees as the offline estimator reads it, about 70-75 true:
-STACK.md) are excluded, and the remaining pairs are weighted by ``cos(yaw)`` (the larger |yaw| of the pair):
+|yaw| exceeds :attr:`SpeechConfig.max_yaw` (70 degrees: the offline estimator's corrected yaw, where its uncorrected
+reading said 60) are excluded, and the remaining pairs are weighted by ``cos(yaw)`` (the larger |yaw| of the pair):
 frontal frames count most. ``usable_frames`` and ``usable_pairs`` record how many were left; fewer than
 :attr:`SpeechConfig.min_usable_pairs` pairs under speech means the mouth cannot be judged, and the clip is not
 called speaking.
