@@ -1,6 +1,7 @@
 """`cofe compare`: benchmark runs side by side from MLflow, as a Markdown table and a plot.
 
-cofe compare --experiment cofe-bench [--tracking-uri sqlite:///mlflow.db] [--out compare/]
+Reads every finished run of the experiment that `cofe bench` logged to (or the ones named with --runs), prints the
+headline metrics side by side and writes OUT/compare.md and OUT/compare.png.
 """
 
 from __future__ import annotations
@@ -11,13 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
-HEADLINE = ("facesim_arc", "facesim_cur", "clipscore", "fid", "fid_set", "detection_rate", "id_frame_sim", "motion")
-PLOTTED = ("facesim_arc", "facesim_cur", "clipscore", "fid")
+HEADLINE = ("facesim_arc", "facesim_dlib", "facesim_cur", "clipscore", "fid", "fid_set", "detection_rate",
+            "id_frame_sim", "motion")  # fmt: skip
+PLOTTED = ("facesim_arc", "facesim_dlib", "facesim_cur", "clipscore", "fid", "detection_rate")
+# Per yaw bin in the table: identity (whichever recogniser scored it) and the detection rate.
+PER_BIN = ("facesim_arc", "facesim_dlib", "detection_rate")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cofe compare", description="benchmark runs side by side from MLflow")
-    p.add_argument("--experiment", default="cofe-bench", help="MLflow experiment (default cofe-bench)")
+    from cofe_apps.helptext import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="cofe compare", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--experiment", default="cofe-bench", help="MLflow experiment of the `cofe bench` runs")
     p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow tracking URI")
     p.add_argument("--runs", nargs="*", help="run ids or names to keep (default: all finished runs)")
     p.add_argument("--out", type=Path, default=Path("compare"), help="folder for compare.md and compare.png")
@@ -60,7 +66,7 @@ def bins_of(rows: list[dict]) -> list[str]:
     seen: list[str] = []
     for row in rows:
         for key in row["metrics"]:
-            if key.startswith("facesim_arc/"):
+            if key.split("/", 1)[0] in PER_BIN and "/" in key:
                 b = key.split("/", 1)[1]
                 if b not in seen:
                     seen.append(b)
@@ -68,9 +74,11 @@ def bins_of(rows: list[dict]) -> list[str]:
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown: one row per run, headline metrics then FaceSim-Arc per yaw bin."""
+    """Markdown: one row per run, headline metrics then identity and detection rate per yaw bin (columns that no run
+    has are left out)."""
     bins = bins_of(rows)
-    cols = [*HEADLINE, *[f"facesim_arc/{b}" for b in bins]]
+    cols = [*HEADLINE, *[f"{m}/{b}" for m in PER_BIN for b in bins]]
+    cols = [c for c in cols if any(c in r["metrics"] for r in rows)]
     lines = ["| run | protocol | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 2)]
     for r in rows:
         lines.append(f"| {r['name']} | {r['protocol']} | " + " | ".join(_fmt(r["metrics"].get(c)) for c in cols) + " |")
@@ -85,8 +93,10 @@ def plot(rows: list[dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     bins = bins_of(rows)
-    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4 * len(PLOTTED), 3.4), dpi=100)
-    for ax, metric in zip(axes, PLOTTED, strict=True):
+    metrics = [m for m in PLOTTED if any(k.startswith(m + "/") for r in rows for k in r["metrics"])] or ["facesim_arc"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), dpi=100, squeeze=False)
+    axes = axes[0]
+    for ax, metric in zip(axes, metrics, strict=True):
         for r in rows:
             ys = [r["metrics"].get(f"{metric}/{b}", np.nan) for b in bins]
             ax.plot(bins, ys, marker="o", label=f"{r['name']} ({r['protocol']})")
