@@ -268,7 +268,8 @@ def build_lafid_manifest(
     render. Samples whose ``identity_cluster`` is in ``exclude_clusters`` (the training identities) are dropped,
     and at most one sample per identity is kept, so no identity is seen twice. Then up to ``per_bin`` samples
     per bin are taken in key order (deterministic). For each, ``out_dir`` receives ``refs/<id>.png`` (the
-    curated aligned reference), ``first/<id>.png`` (the clip's first frame, the I2V condition), ``real/<id>.mp4``
+    clip's reference frame ``ref_frame``, whole and unmasked; ``ref.png`` for annotations without one),
+    ``first/<id>.png`` (the clip's first frame, the I2V condition), ``real/<id>.mp4``
     (the ground-truth clip) and a line in ``out_dir/manifest.jsonl`` with the caption as the prompt, the clip's
     per-frame yaw as ``target_yaw`` (:func:`curated_yaw_track`) and ``real/<id>.mp4`` as ``target_video``.
 
@@ -316,10 +317,16 @@ def build_lafid_manifest(
             first = out_dir / "first" / f"{item_id}.png"
             for p in (ref, real, first):
                 p.parent.mkdir(parents=True, exist_ok=True)
-            ref.write_bytes(parts["ref.png"])
             real.write_bytes(parts["mp4"])
             frames, _ = read_video(real)
             Image.fromarray(frames[0]).save(first)
+            # The reference is the clip's own reference frame, whole and unmasked, when the annotation names it:
+            # recognisers align it themselves; the whitened ref.png crop would cost them identity similarity.
+            ref_frame = meta.get("ref_frame")
+            if isinstance(ref_frame, int) and 0 <= ref_frame < len(frames):
+                Image.fromarray(frames[ref_frame]).save(ref)
+            else:
+                ref.write_bytes(parts["ref.png"])
             yaws = [float(f["yaw"]) for f in meta.get("faces", []) if f.get("yaw") is not None]
             items.append(
                 ManifestItem(
