@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # command -> (module, one-line help). Modules are imported only when their command runs.
@@ -11,11 +12,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "motion-demo": ("cofe_apps.motion_demo", "a tiny DiT learns prompt-directed motion on the CPU, samples mp4s"),
     "curate": ("cofe_apps.curate", "raw videos -> curated WebDataset shards"),
     "precompute": ("cofe_apps.precompute", "curated shards -> training shards (latents, text, expert features)"),
-    "fit": ("cofe_apps.train", "train the DiT + CoFE (LightningCLI)"),
+    "fit": ("cofe_apps.fit", "train the DiT + CoFE (LightningCLI)"),
     "sample": ("cofe_apps.sample", "reference face + first frame + prompt -> mp4"),
     "export": ("cofe_apps.export", "a training checkpoint (file or sharded directory) -> one safetensors file"),
     "bench": ("cofe_apps.bench", "videos + references + prompts -> metrics per head-pose bin"),
     "compare": ("cofe_apps.compare", "MLflow runs side by side"),
+    "weights": ("cofe_apps.catalog", "the public weights a real run needs; check a local weights folder"),
 }
 
 
@@ -66,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cofe: the {name!r} command is not implemented yet", file=sys.stderr)
             return 2
         raise
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except BrokenPipeError:  # `cofe weights list | head`: the reader left; not an error of ours
+        sys.stdout = open(os.devnull, "w")  # stays open: Python flushes stdout at exit
+        return 0
 
 
 if __name__ == "__main__":

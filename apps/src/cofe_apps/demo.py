@@ -417,16 +417,25 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)  # "GPU available: False", tips
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The arguments of `cofe demo` (nothing heavy imported: ``--help`` stays fast)."""
+    from cofe_apps.helptext import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="cofe demo", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--out", default="outputs/demo", help="output folder (MLflow store: OUT/mlflow.db)")
+    parser.add_argument("--train-steps", type=int, default=DemoConfig.train_steps, help="cofe fit steps")
+    parser.add_argument("--sample-steps", type=int, default=DemoConfig.sample_steps, help="sampler steps per video")
+    parser.add_argument(
+        "--clips-per-identity", type=int, default=DemoConfig.clips_per_identity, help="raw turning clips per person"
+    )
+    parser.add_argument("--no-real-clip", action="store_true", help="leave the real webcam clip out")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the inputs, training and sampling")
+    return parser
+
+
 def main(argv: list[str]) -> int:
     """`cofe demo [--out DIR] [--train-steps N] [--sample-steps N] [--seed S]`."""
-    parser = argparse.ArgumentParser(prog="cofe demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
-    parser.add_argument("--train-steps", type=int, default=DemoConfig.train_steps)
-    parser.add_argument("--sample-steps", type=int, default=DemoConfig.sample_steps)
-    parser.add_argument("--clips-per-identity", type=int, default=DemoConfig.clips_per_identity)
-    parser.add_argument("--no-real-clip", action="store_true", help="leave the real webcam clip out")
-    parser.add_argument("--seed", type=int, default=0)
-    a = parser.parse_args(argv)
+    a = build_parser().parse_args(argv)
     _quiet()
     cfg = DemoConfig(
         train_steps=a.train_steps,

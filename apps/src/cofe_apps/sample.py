@@ -141,33 +141,37 @@ def sampler_config(cfg, *, steps=None, shift=None, solver=None, text_scale=None,
     return SamplerConfig.from_defaults(cfg, **{k: v for k, v in given.items() if v is not None})
 
 
-def main(argv: list[str]) -> int:
-    """`cofe sample --checkpoint CKPT --reference FACE --prompt TEXT --out OUT.mp4 [...]`."""
-    p = argparse.ArgumentParser(
-        prog="cofe sample", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+def build_parser() -> argparse.ArgumentParser:
+    """The arguments of `cofe sample` (built without importing torch: ``--help`` stays fast)."""
+    from cofe_apps.helptext import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="cofe sample", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "--checkpoint", required=True, help="last.ckpt of `cofe fit`, a sharded checkpoint dir, or an export"
     )
     p.add_argument("--reference", required=True, help="a photo of the person (the largest face is used)")
-    p.add_argument("--first-frame", help="first frame image (required for i2v, optional for ti2v models)")
+    p.add_argument(
+        "--first-frame", help="first frame image (required for i2v, optional for ti2v models; default: none)"
+    )
     p.add_argument("--prompt", required=True, help="what the video shows")
     p.add_argument("--negative-prompt", default=None, help="negative prompt (default: the preset's, Wan's own)")
     p.add_argument("--out", required=True, help="output .mp4 (the reference crops are saved beside it)")
     p.add_argument("--components", help="another copy of precompute's config.json (default: the checkpoint's)")
-    p.add_argument("--dit-weights", help="the base Wan folder, for slim checkpoints only")
+    p.add_argument("--dit-weights", help="the base Wan folder, for slim checkpoints only (default: none)")
     p.add_argument("--frames", type=int, default=None, help="frames, 1 + 4k (default: the preset's)")
     p.add_argument("--height", type=int, default=None, help="height in pixels (default: the preset's)")
     p.add_argument("--width", type=int, default=None, help="width in pixels (default: the preset's)")
     p.add_argument("--fps", type=float, default=None, help="frame rate of the mp4 (default: the preset's)")
     p.add_argument("--steps", type=int, default=None, help="solver steps (default: the preset's)")
     p.add_argument("--shift", type=float, default=None, help="timestep shift (default: the preset's)")
-    p.add_argument("--solver", default=None, choices=["unipc", "dpmpp_2m", "euler"], help="default: the preset's")
+    p.add_argument(
+        "--solver", default=None, choices=["unipc", "dpmpp_2m", "euler"], help="sampler (default: the preset's)"
+    )
     p.add_argument("--text-scale", type=float, default=None, help="text guidance scale (default: the preset's)")
     p.add_argument("--face-scale", type=float, default=1.0, help="face guidance scale (1: no extra face guidance)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--ema", action="store_true", help="sample with the EMA weights")
-    p.add_argument("--mlflow-run-id", help="also log the video to this MLflow run")
+    p.add_argument("--mlflow-run-id", help="also log the video to this MLflow run (default: none)")
     p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow store of --mlflow-run-id")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     p.add_argument(
@@ -176,6 +180,12 @@ def main(argv: list[str]) -> int:
         default=None,
         help="DiT compute dtype (default: bf16 on CUDA, fp32 on CPU)",
     )
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """`cofe sample --checkpoint CKPT --reference FACE --prompt TEXT --out OUT.mp4 [...]`."""
+    p = build_parser()
     a = p.parse_args(argv)
 
     import torch

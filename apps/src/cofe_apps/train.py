@@ -38,6 +38,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from safetensors.torch import save_file
 
 from cofe_apps.data import ShardDataModule
+from cofe_apps.helptext import fit_formatter
 from cofe_apps.io import atomic_write_text, git_revision
 from cofe_apps.module import CoFEModule
 
@@ -363,7 +364,13 @@ def main(argv: list[str]) -> int:
         CoFEModule,
         ShardDataModule,
         args=["fit", *argv],
-        parser_kwargs={"parser_mode": "omegaconf+"},
+        # Help in plain text (cofe_apps.helptext; subcommand parsers take the main parser's formatter), with this
+        # module's docstring as the description of `cofe fit --help`.
+        parser_kwargs={
+            "parser_mode": "omegaconf+",
+            "formatter_class": fit_formatter(),
+            "fit": {"description": __doc__},
+        },
         save_config_callback=MLflowConfigSaver,
         save_config_kwargs={"overwrite": True},
         trainer_defaults=trainer_defaults(),
