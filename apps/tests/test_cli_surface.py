@@ -235,7 +235,7 @@ def test_weights_list_names_every_preset_component_and_bench_network(capsys):
     assert "image" in {c.key for c in PRESETS["wan2.1-i2v-14b"]}
     for c in [*EXPERTS, *BENCH]:
         assert c.repo in out and c.licence.split(" (")[0] in out
-    for needle in ("huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "glintr100.onnx", "w600k_r50.onnx",
+    for needle in ("hf download Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "glintr100.onnx", "w600k_r50.onnx",
                    "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "timm/vit_large_patch14_dinov2.lvd142m",
                    "glint360k_curricular_face_r101_backbone.bin", "inception_v3_google-0cc3c7bd.pth",
                    "openai/clip-vit-base-patch32", "6DRepNet_300W_LP_AFLW2000.pth"):  # fmt: skip

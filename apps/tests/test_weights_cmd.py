@@ -152,7 +152,7 @@ def test_check_command_prints_what_is_missing_with_the_fetch_command(tmp_path, c
     assert main(["check", str(tmp_path), "--preset", PRESET]) == 1
     out = capsys.readouterr().out
     assert "dit            Wan2.1-T2V-1.3B-Diffusers/transformer" in out and "MISSING" in out
-    assert "huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B-Diffusers" in out and f"--local-dir {tmp_path}" in out
+    assert "hf download Wan-AI/Wan2.1-T2V-1.3B-Diffusers" in out and f"--local-dir {tmp_path}" in out
     assert "or curl -L" in out  # the second identity pack is an alternative, not a second requirement
     assert main(["check", str(tmp_path / "absent")]) == 2
     assert "no weights folder" in capsys.readouterr().err

@@ -10,8 +10,9 @@ match the preset cofe_dit defines, sizes match the published ones, and checksums
 one. It prints what is missing or wrong with the command that fetches it, and, for a complete preset, the
 arguments that point `cofe precompute` and `cofe fit` at the folder.
 
-Nothing is downloaded by cofe, here or at run time: the fetch commands are for you to run (huggingface-cli comes
-with huggingface_hub, which transformers installs).
+Nothing is downloaded by cofe, here or at run time: the fetch commands are for you to run. `hf` is the command line
+of huggingface_hub (in .venv/bin; huggingface_hub before 1.0 called it `huggingface-cli`, whose --include takes
+all patterns after one flag).
 
 Facts (repositories, files, sizes, licences) were looked up in public listings in November 2026; each component
 says which were verified and where. A size shown with ~ is computed from the parameter count, not read from the
@@ -82,12 +83,12 @@ class Component:
 
 
 def _hf(repo: str, *include: str) -> str:
-    inc = "".join(f' --include "{p}"' for p in include)
-    return f"huggingface-cli download {repo}{inc} --local-dir {{dir}}"
+    inc = "".join(f' --include "{p}"' for p in include)  # hf (typer): one --include per pattern
+    return f"hf download {repo}{inc} --local-dir {{dir}}"
 
 
 def _hf_file(repo: str, file: str) -> str:
-    return f"huggingface-cli download {repo} {file} --local-dir {{dir}}"
+    return f"hf download {repo} {file} --local-dir {{dir}}"
 
 
 # insightface 2.1 downloads its packs from this release (insightface/utils/storage.py, read from the installed
