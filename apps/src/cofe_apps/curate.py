@@ -27,29 +27,21 @@ import json
 import sys
 import time
 from pathlib import Path
-
-from torch.utils.data import DataLoader
+from typing import TYPE_CHECKING
 
 from cofe_apps.io import OutputLock, OutputLocked, atomic_write_text, is_inside
-from cofe_curation import (
-    CurationConfig,
-    InputResult,
-    ShardWriter,
-    clean_orphans,
-    discover_inputs,
-    done_sources,
-    finalize,
-    input_loader,
-    json_name,
-    largest_first,
-)
-from cofe_curation.ingest import SHARD_SEP
-from cofe_curation.speech import speech_summary
+
+if TYPE_CHECKING:  # cofe_curation (and torch) are imported where they run: `cofe curate --help` stays fast
+    from torch.utils.data import DataLoader
+
+    from cofe_curation import CurationConfig, InputResult
 
 
 def _build(args: argparse.Namespace, cfg: CurationConfig):
     """The LightningModule and DataModule (imported here: `cofe --help` must not import Lightning)."""
     import lightning as L
+
+    from cofe_curation import ShardWriter, discover_inputs, done_sources, input_loader, json_name, largest_first
 
     class CurationData(L.LightningDataModule):
         def predict_dataloader(self) -> DataLoader:
@@ -81,6 +73,8 @@ def _build(args: argparse.Namespace, cfg: CurationConfig):
 
 def load_config(path: str | None, preset: str) -> CurationConfig:
     """The config: a preset, overridden by a YAML or JSON file (sections as in ``CurationConfig``)."""
+    from cofe_curation import CurationConfig
+
     base = CurationConfig.from_name(preset)
     if path is None:
         return base
@@ -99,6 +93,9 @@ def output_overlap(inputs: list[str], out: Path) -> str | None:
     """Why ``out`` cannot be the output folder for ``inputs`` (``None``: it can): it lies inside an input folder,
     or an input (named, or found in a folder or list) lies inside it. Either way a rerun would curate the run's
     own shards as new inputs (3 -> 6 -> 9 clips)."""
+    from cofe_curation import discover_inputs, json_name
+    from cofe_curation.ingest import SHARD_SEP
+
     for raw in inputs:
         path = Path(raw)
         if path.is_dir() and is_inside(out, path):
@@ -114,6 +111,8 @@ def output_overlap(inputs: list[str], out: Path) -> str | None:
 
 def summary_table(report: dict, seconds: float) -> str:
     """The final summary: inputs by decision, then clips in and out of each stage, then throughput."""
+    from cofe_curation.speech import speech_summary
+
     c = report["counts"]
     st = c["stages"]
     speech_note, caption_lines = speech_summary(st["speech"])
@@ -138,15 +137,31 @@ def summary_table(report: dict, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="cofe curate", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The arguments of `cofe curate` (nothing heavy imported: ``--help`` stays fast)."""
+    from cofe_apps.helptext import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="cofe curate", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("inputs", nargs="+", help="videos, folders, list files (.txt/.lst) or WebDataset .tar shards")
-    parser.add_argument("--out", required=True, type=Path, help="output directory (resumed if it exists)")
-    parser.add_argument("--config", help="YAML or JSON file overriding the preset (sections as in CurationConfig)")
-    parser.add_argument("--preset", default="default", help="config preset: default or tiny")
-    parser.add_argument("--devices", default="1", help="Lightning devices (processes on CPU)")
-    parser.add_argument("--num-nodes", type=int, default=1)
-    parser.add_argument("--accelerator", default="cpu", help="cpu (default) or auto")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output directory: OUT/shards/rank{r}-{i:06d}.tar (resumed if it exists)",
+    )
+    parser.add_argument(
+        "--config", help="YAML or JSON file overriding the preset (sections as in CurationConfig); default: none"
+    )
+    parser.add_argument(
+        "--preset", default="default", choices=("default", "tiny"), help="config preset (tiny: tests and demos)"
+    )
+    parser.add_argument("--devices", default="1", help="Lightning devices (processes on CPU), or 'auto'")
+    parser.add_argument("--num-nodes", type=int, default=1, help="nodes, each running --devices ranks")
+    parser.add_argument(
+        "--accelerator",
+        default="cpu",
+        help="Lightning accelerator of the ranks: cpu (face analysis runs on CPUs) or auto",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -157,7 +172,11 @@ def main(argv: list[str]) -> int:
         "--worker-start", default="spawn", choices=["spawn", "forkserver", "fork"], help="how workers start"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     args.inputs = [str(p) for p in args.inputs]
     try:
         cfg = load_config(args.config, args.preset)
@@ -180,6 +199,8 @@ def main(argv: list[str]) -> int:
 
 
 def _run(args: argparse.Namespace, cfg: CurationConfig) -> int:
+    from cofe_curation import clean_orphans, finalize
+
     L, module, data = _build(args, cfg)
     devices = int(args.devices) if args.devices.isdigit() else args.devices
     trainer = L.Trainer(
