@@ -42,13 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def git_revision() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools"))  # helpers shared by benchmarks
+from provenance import git_revision
 
 STAGES = ("decode", "reference", "detect", "embed", "motion")
 

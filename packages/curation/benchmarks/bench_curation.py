@@ -49,21 +49,15 @@ from cofe_curation import (
 from cofe_curation.loader import InputDataset, loader_for
 from cofe_curation.synth import compose, real_clip, tone, write_clip
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools"))  # helpers shared by benchmarks
+from provenance import git_revision
+
 KINDS = ("turning", "swap", "two_faces", "turning_frontal", "tiny", "no_face")
 
 
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _git_rev() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "packages/curation"], check=False)
-        return out.stdout.strip() + ("+dirty" if dirty.returncode else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 class _Gated(InputDataset):
@@ -183,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: CPU {platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} at the end")
     print(f"each figure: the fastest of {args.repeat} rounds")
     print(f"stages alone: {args.threads} thread(s); pipeline: {args.workers} worker(s) x 1 thread")
-    print(f"git {_git_rev()}; python {sys.version.split()[0]}")
+    print(f"git {git_revision('packages/curation')}; python {sys.version.split()[0]}")
     real_txt = ", movie-hello.mp4 8.3 s 1280x720 30 fps" if real else ""
     print(f"inputs: {len(items)} ({args.inputs} composed 3 s 320x256 16 fps{real_txt}); {seconds_in:.1f} s of video")
     print(f"{frames_in} frames analysed at {cfg.ingest.sample_fps:g} fps; {kept} clips kept")

@@ -12,7 +12,7 @@ tensors saved for backward, the part of training memory an implementation contro
 from __future__ import annotations
 
 import argparse
-import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,13 +21,8 @@ import torch
 from cofe_dit import DiT, DiTConfig
 from cofe_dit.checkpoint import to_wan_layout
 
-
-def git_revision() -> str:
-    try:
-        root = Path(__file__).resolve().parents[3]
-        return subprocess.check_output(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools"))  # helpers shared by benchmarks
+from provenance import git_revision
 
 
 def build_pair(cfg: DiTConfig, device: torch.device, seed: int = 0):

@@ -29,6 +29,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools"))  # helpers shared by benchmarks
+from provenance import git_revision
+
 CACHE = Path.home() / ".cache" / "cofe" / "bench_load" / "wan2.1-t2v-1.3b-diffusers-bf16"
 
 # diffusers' config.json of Wan-AI/Wan2.1-T2V-1.3B-Diffusers/transformer.
@@ -57,14 +60,6 @@ PROBES = {
     "condition_embedder.time_proj.weight": "time_projection.1.weight",
     "scale_shift_table": "head.modulation",
 }
-
-
-def git_revision() -> str:
-    try:
-        root = Path(__file__).resolve().parents[3]
-        return subprocess.check_output(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def rss_now_mb() -> float:

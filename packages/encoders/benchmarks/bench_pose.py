@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from heads import IDENTITIES, head, landmarks68, pose68, render
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools"))  # helpers shared by benchmarks
+from provenance import git_revision
 
 BINS = ((0, 30), (30, 60), (60, 80), (80, 90.01))
 TARGETS_MAE = (6.0, 6.0, 9.0, 12.0)
@@ -150,13 +152,6 @@ def table(rows: list[dict], names, ids=None) -> str:
     return "\n".join(lines)
 
 
-def _git_rev() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 identities, 15-degree steps, one variant")
@@ -185,7 +180,7 @@ def main(argv=None) -> None:
     step, variants = args.yaw_step, VARIANTS
     if args.quick:
         ids, step, variants = ids[:2], 15.0, VARIANTS[:1]
-    print(f"# rendered-pose benchmark, git {_git_rev()}, ids={ids}, yaw step {step}, variants {list(variants)}")
+    print(f"# rendered-pose benchmark, git {git_revision()}, ids={ids}, yaw step {step}, variants {list(variants)}")
     if args.reuse:
         from cofe_encoders.face import correct_yaw
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,23 +28,15 @@ import torch
 
 from cofe_fusion import expert_gate
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools"))  # helpers shared by benchmarks
+from provenance import git_revision
+
 DIMS = {"wan2.1-t2v-1.3b": 1536, "wan2.2-ti2v-5b": 3072, "wan2.1-14b": 5120}
 WAN_480P_81F_TOKENS = 21 * 30 * 52  # latent frames (81-1)/4+1, 480/8/2, 832/8/2
 # Peak HBM bandwidth in GB/s by device-name substring (vendor datasheets), most specific first.
 PEAK_GBPS = {"H200": 4800, "H100 PCIe": 2000, "H100": 3350, "A100-SXM4-80GB": 2039, "A100": 1555, "L40S": 864,
              "L4": 300, "RTX 4090": 1008}  # fmt: skip
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def git_revision() -> str:
-    root = Path(__file__).resolve().parents[3]
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "packages/fusion"], cwd=root,
-                               capture_output=True, text=True)  # fmt: skip
-        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else "unknown"
-    except OSError:
-        return "unknown"
 
 
 def peak_gbps(device: torch.device) -> float | None:
@@ -99,7 +91,7 @@ def main() -> None:
     if cpu:
         torch.set_num_threads(args.threads)
     peak = peak_gbps(device)
-    rev = git_revision()
+    rev = git_revision("packages/fusion")
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
     backends = ["reference"] + ([] if args.no_compile else ["compiled"]) + ([] if cpu else ["triton"])
