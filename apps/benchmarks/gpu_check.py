@@ -160,6 +160,7 @@ def fsdp_worker(preset: str, steps: int, devices: int) -> None:
     from torch.utils.data import DataLoader, IterableDataset
 
     from cofe_apps.module import CoFEModule
+    from cofe_apps.specs import EXPERT_KEYS
     from cofe_apps.train import FSDP2Strategy
     from cofe_dit import DiTConfig
     from cofe_fusion import CoFEConfig
@@ -181,7 +182,7 @@ def fsdp_worker(preset: str, steps: int, devices: int) -> None:
                 batch = {"keys": ["x"], "latent": torch.randn(1, *latent, generator=g),
                          "txt": torch.randn(1, text_len, cfg.text_dim, generator=g)}  # fmt: skip
                 for e in widths:
-                    key = {"identity": "id", "semantic": "sem", "detail": "det"}[e.name]
+                    key = EXPERT_KEYS[e.name]
                     shape = (1, e.width) if e.name == "identity" else (1, 257, e.width)
                     batch[key] = torch.randn(*shape, generator=g)
                 if cfg.model_type == "i2v":

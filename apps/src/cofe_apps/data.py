@@ -45,11 +45,12 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cofe_apps.components import pad_text
-from cofe_apps.io import decode_clip, expand_shards, read_npy
+from cofe_apps.io import caption, decode_clip, expand_shards, read_npy
+from cofe_apps.specs import EXPERT_KEYS
 
 log = logging.getLogger(__name__)
 
-ARRAYS = ("latent", "txt", "id", "sem", "det")
+ARRAYS = ("latent", "txt", *EXPERT_KEYS.values())
 I2V_ARRAYS = ("clip", "cond")
 
 
@@ -131,10 +132,6 @@ class DecodeRaw:
         return {"__key__": key, "video": video, "ref_id": ident, "ref": head, "meta": meta}
 
 
-def _caption(meta: dict) -> str:
-    return meta.get("caption_refined") or meta.get("caption") or ""
-
-
 class CollateRaw:
     """Stack raw samples: ``video (B, 3, F, H, W)`` in [-1, 1], reference crops and captions as lists."""
 
@@ -144,7 +141,7 @@ class CollateRaw:
             "video": torch.stack([s["video"] for s in samples]),
             "ref_id": [s["ref_id"] for s in samples],
             "ref": [s["ref"] for s in samples],
-            "caption": [_caption(s["meta"]) for s in samples],
+            "caption": [caption(s["meta"]) for s in samples],
         }
 
 
@@ -161,7 +158,7 @@ class Collate:
         batch = {
             "keys": [s["__key__"] for s in samples],
             "txt": pad_text([s["txt"] for s in samples], self.text_len),
-            "caption": [_caption(s["meta"]) for s in samples],
+            "caption": [caption(s["meta"]) for s in samples],
         }
         for a in (*ARRAYS, *I2V_ARRAYS):
             if a == "txt" or a not in samples[0]:

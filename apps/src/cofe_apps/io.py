@@ -102,6 +102,12 @@ def decode_clip(data: bytes, frames: int, height: int, width: int, stride: int =
     return resize_crop(video, height, width).permute(1, 0, 2, 3)  # (3, F, H, W)
 
 
+def caption(meta: dict) -> str:
+    """The caption a curated sample is trained and sampled with: curation's refined one (speech claims made to
+    match the clip), else the source's, else empty."""
+    return meta.get("caption_refined") or meta.get("caption") or ""
+
+
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """``(H, W, 3)`` uint8 RGB -> ``(1, 3, H, W)`` float in [-1, 1]."""
     import torch
@@ -162,16 +168,14 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: float = 16.0, crf: int 
 
 
 def read_mp4(path: str | Path) -> tuple[np.ndarray, float]:
-    """Decode every frame of a video as (T, H, W, 3) uint8 RGB, and its frame rate."""
-    import av
+    """Decode every frame of a video as (T, H, W, 3) uint8 RGB, and its frame rate (0 when unknown).
 
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or 0)
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-    if not frames:
-        raise ValueError(f"{path} has no decodable video frames")
-    return np.stack(frames), fps
+    The one whole-video decoder is :func:`cofe_bench.video.read_video`; its ``VideoError`` names the file when it
+    is missing, cannot be decoded or has no frame.
+    """
+    from cofe_bench.video import read_video
+
+    return read_video(path)
 
 
 # ------------------------------------------------------------------------------------------------ durable files

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cofe_apps.specs import (
+    EXPERT_KEYS,
     REHEARSALS,
     ComponentsSpec,
     ExpertsSpec,
@@ -119,7 +120,7 @@ class Precomputer:
         import numpy as np
 
         from cofe_apps.components import reference_crops
-        from cofe_apps.io import decode_clip, npy_bytes
+        from cofe_apps.io import caption, decode_clip, npy_bytes
 
         key = sample["__key__"]
         for part in ("mp4", "json", "ref.png"):
@@ -129,8 +130,7 @@ class Precomputer:
         cfg = self.cfg
         video = decode_clip(sample["mp4"], cfg.frames, cfg.height, cfg.width, cfg.stride)  # (3, F, H, W)
         latent = self.enc.vae.encode(video[None])[0].numpy().astype(np.float16)  # (z, F', H', W')
-        caption = meta.get("caption_refined") or meta.get("caption") or ""
-        txt = self.enc.text.encode([caption])[0].numpy().astype(np.float16)  # (n_tokens, dim)
+        txt = self.enc.text.encode([caption(meta)])[0].numpy().astype(np.float16)  # (n_tokens, dim)
         ident, head, how = reference_crops(sample, self.analyzer)
         self.realigned += how == "detected"
         feats = self.enc.experts.encode([ident], [head])
@@ -143,7 +143,7 @@ class Precomputer:
         }
         if "ref_id.png" in sample:
             out["ref_id.png"] = sample["ref_id.png"]
-        for name in ("id", "sem", "det"):
+        for name in EXPERT_KEYS.values():
             out[f"{name}.npy"] = npy_bytes(feats[name][0])
         if self.enc.image is not None:  # Wan 2.1 I2V: CLIP tokens and the [first frame, zeros] latent
             first = video[None, :, 0]  # (1, 3, H, W)
