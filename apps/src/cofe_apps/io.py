@@ -70,15 +70,11 @@ def read_npy(data: bytes) -> np.ndarray:
 
 
 def resize_crop(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """``(N, 3, H0, W0)`` -> ``(N, 3, height, width)``: scale to cover, then centre-crop."""
-    import torch.nn.functional as F
+    """``(N, 3, H0, W0)`` -> ``(N, 3, height, width)``: scale to cover (bilinear, antialiased), then centre-crop
+    (:func:`cofe_encoders.images.cover_crop`, the experts' transform too)."""
+    from cofe_encoders.images import cover_crop
 
-    h0, w0 = video.shape[-2:]
-    scale = max(height / h0, width / w0)
-    nh, nw = max(height, round(h0 * scale)), max(width, round(w0 * scale))
-    video = F.interpolate(video, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (nh - height) // 2, (nw - width) // 2
-    return video[..., top : top + height, left : left + width]
+    return cover_crop(video, height, width, mode="bilinear")
 
 
 def decode_clip(data: bytes, frames: int, height: int, width: int, stride: int = 1) -> torch.Tensor:

@@ -48,3 +48,16 @@ def test_resize_center_crop_keeps_centre():
     out = resize_center_crop(img, 20)
     assert out.shape == (3, 20, 20)
     assert out[:, :, 1:-1].min() > 0.95  # only the outermost columns see the antialiasing filter's tail
+
+
+def test_cover_crop_fills_any_aspect_and_keeps_leading_dims():
+    from cofe_encoders.images import cover_crop
+
+    clip = torch.zeros(2, 5, 3, 30, 60)  # (batch, frames, C, H, W)
+    clip[..., :, 15:45] = 1.0  # a white centre square between black sides
+    out = cover_crop(clip, 20, 20)
+    assert out.shape == (2, 5, 3, 20, 20) and out[..., 1:-1].min() > 0.95  # the centre, scaled to cover
+    wide = cover_crop(torch.rand(3, 40, 40), 10, 30)  # upscaled to cover 30 px of width, 10 of height kept
+    assert wide.shape == (3, 10, 30)
+    same = torch.rand(3, 8, 8)
+    assert torch.equal(cover_crop(same, 8, 8), same)  # no resize: the values as they are

@@ -129,6 +129,31 @@ def to_float_list(images: Images) -> list[torch.Tensor]:
     return [_one_to_float(item, f"image {i}") for i, item in enumerate(items)]
 
 
+def cover_crop(x: torch.Tensor, height: int, width: int, mode: str = "bilinear") -> torch.Tensor:
+    """Scale ``x`` so that it covers ``height x width`` (antialiased), then cut out the centre.
+
+    The one resize-and-crop of the project: the experts' input transform (:func:`resize_center_crop`) and the
+    video buckets of training clips (``cofe_apps.io.resize_crop``) are this with their own interpolation.
+
+    Args:
+        x: ``(..., C, H, W)`` float tensor (any leading dimensions: one image, a batch, the frames of a clip).
+        height, width: Output size.
+        mode: ``"bilinear"`` or ``"bicubic"``.
+
+    Returns:
+        ``(..., C, height, width)``; unchanged values where no resize is needed.
+    """
+    h, w = x.shape[-2:]
+    scale = max(height / h, width / w)
+    nh, nw = max(height, round(h * scale)), max(width, round(w * scale))
+    if (nh, nw) != (h, w):
+        flat = x.reshape(-1, *x.shape[-3:])  # (N, C, H, W): interpolate's antialiasing wants 4-D input
+        flat = F.interpolate(flat, size=(nh, nw), mode=mode, antialias=True, align_corners=False)
+        x = flat.reshape(*x.shape[:-2], nh, nw)
+    top, left = (nh - height) // 2, (nw - width) // 2
+    return x[..., top : top + height, left : left + width]
+
+
 def resize_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
     """Resize the shorter side to ``size`` (bicubic, antialiased) and centre-crop to ``size x size``.
 
@@ -142,10 +167,4 @@ def resize_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
     Returns:
         ``(3, size, size)`` float tensor, clamped to [0, 1].
     """
-    _, h, w = image.shape
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    if (nh, nw) != (h, w):
-        image = F.interpolate(image[None], size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)[0]
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return image[:, top : top + size, left : left + size].clamp(0.0, 1.0)
+    return cover_crop(image, size, size, mode="bicubic").clamp(0.0, 1.0)
