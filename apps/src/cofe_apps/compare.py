@@ -7,6 +7,7 @@ headline metrics side by side and writes OUT/compare.md and OUT/compare.png.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="cofe compare", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--experiment", default="cofe-bench", help="MLflow experiment of the `cofe bench` runs")
-    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow tracking URI")
+    p.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+        help="MLflow tracking URI ($MLFLOW_TRACKING_URI when set, as for cofe fit)",
+    )
     p.add_argument("--runs", nargs="*", help="run ids or names to keep (default: all finished runs)")
     p.add_argument("--out", type=Path, default=Path("compare"), help="folder for compare.md and compare.png")
     return p

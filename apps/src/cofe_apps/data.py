@@ -282,7 +282,8 @@ class ShardDataModule(L.LightningDataModule):
     """Training shards -> batches, correct under DDP / FSDP (explicit node and worker splitting, equal counts).
 
     Args:
-        train_shards: shard paths, brace patterns (``data/train-{000..099}.tar``) or globs, or a list of them.
+        train_shards: shard paths, brace patterns (``train/rank0-{000000..000009}.tar``) or globs
+            (``train/*.tar``), or a list of them.
         batch_size: samples per batch per rank.
         num_workers: DataLoader workers per rank.
         shuffle_buffer: undecoded samples held for shuffling (0 disables).

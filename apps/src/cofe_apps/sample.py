@@ -15,6 +15,7 @@ solver, negative prompt, frames, size, fps) are those of the DiT preset (Wan's o
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -172,7 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--ema", action="store_true", help="sample with the EMA weights")
     p.add_argument("--mlflow-run-id", help="also log the video to this MLflow run (default: none)")
-    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow store of --mlflow-run-id")
+    p.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+        help="MLflow store of --mlflow-run-id ($MLFLOW_TRACKING_URI when set, as for cofe fit)",
+    )
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     p.add_argument(
         "--dtype",
