@@ -1,3 +1,3 @@
 """CoFE applications: the `cofe` command and its jobs."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

@@ -133,7 +133,7 @@ def cover_crop(x: torch.Tensor, height: int, width: int, mode: str = "bilinear")
     """Scale ``x`` so that it covers ``height x width`` (antialiased), then cut out the centre.
 
     The one resize-and-crop of the project: the experts' input transform (:func:`resize_center_crop`) and the
-    video buckets of training clips (``cofe_apps.io.resize_crop``) are this with their own interpolation.
+    video buckets of training clips (the apps' ``resize_crop``) are this with their own interpolation.
 
     Args:
         x: ``(..., C, H, W)`` float tensor (any leading dimensions: one image, a batch, the frames of a clip).
