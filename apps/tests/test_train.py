@@ -15,6 +15,7 @@ from PIL import Image
 
 from cofe_apps.data import ShardDataModule, TooManyBadSamples
 from cofe_apps.io import npy_bytes, read_mp4
+from cofe_apps.train import resolve_last
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,8 @@ def test_kill_then_the_readme_resume_command_continues(tmp_path, train_shards):
     without --ckpt_path is refused; sampling from the checkpoint gives a playable mp4 logged in the run."""
     base = ("--checkpoint.every_n_train_steps", "2")
     kill_after(tmp_path, train_shards, "*step=4.ckpt", "--trainer.max_steps", "100000", *base)
-    saved = torch.load(sorted((tmp_path / "fit").rglob("last.ckpt"))[0], map_location="cpu", weights_only=True)
+    resumes = resolve_last(tmp_path / "fit" / "tiny" / "checkpoints")  # the kill may land between two writes
+    saved = torch.load(resumes, map_location="cpu", weights_only=True)
     at = saved["global_step"]
     assert at >= 4 and any(k.startswith("ema.") for k in saved["state_dict"])
     refused = run_fit(tmp_path, train_shards, "--trainer.max_steps", "8", *base, check=False)
@@ -260,3 +262,25 @@ def test_raw_clip_mode_trains_from_curated_shards(curated_shards, train_shards):
     bare.configure_model()
     with pytest.raises(ValueError, match="needs CoFEModule\\(components="):
         bare(batch)
+
+
+def test_resume_picks_the_checkpoint_that_got_furthest_and_tidies_half_written_ones(tmp_path):
+    """A kill between the step checkpoint and last.ckpt resumes from the step checkpoint; a half-written
+    checkpoint (file or sharded folder) is never chosen and is removed by the starting process only."""
+    for name, step in (("last.ckpt", 8), ("epoch=1-step=6.ckpt", 6), ("epoch=2-step=10.ckpt", 10)):
+        torch.save({"global_step": step}, tmp_path / name)
+    whole = (tmp_path / "epoch=2-step=10.ckpt").read_bytes()
+    (tmp_path / "epoch=3-step=12.ckpt").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "epoch=3-step=14.ckpt").mkdir()  # a sharded checkpoint without its metadata
+    (tmp_path / "epoch=3-step=14.ckpt" / "__0_0.distcp").write_bytes(b"x")
+
+    assert resolve_last(tmp_path).name == "epoch=2-step=10.ckpt"
+    assert (tmp_path / "epoch=3-step=12.ckpt").exists()  # another rank's view: nothing removed
+    assert resolve_last(tmp_path, tidy=True).name == "epoch=2-step=10.ckpt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch=1-step=6.ckpt", "epoch=2-step=10.ckpt", "last.ckpt"]
+
+    (tmp_path / "epoch=2-step=10.ckpt").unlink()
+    assert resolve_last(tmp_path).name == "last.ckpt"
+    (tmp_path / "last.ckpt").write_bytes(whole[:100])  # killed while writing last.ckpt
+    assert resolve_last(tmp_path, tidy=True).name == "epoch=1-step=6.ckpt"
+    assert (tmp_path / "last.ckpt").exists()  # Lightning rewrites last.ckpt in place

@@ -148,7 +148,7 @@ class _EveryNSteps(L.Callback):
         self.every_n_steps = every_n_steps
 
     def _run(self, trainer: L.Trainer, module: CoFEModule, final: bool) -> None:
-        raise NotImplementedError  # the abstract hook of the two callbacks below
+        """What to do at those steps: each of the two callbacks below defines it."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
@@ -240,22 +240,46 @@ def _complete(path: Path) -> bool:
     return path.is_file() and zipfile.is_zipfile(path)
 
 
-def resolve_last(folder: Path) -> Path | None:
-    """``--ckpt_path last``: ``last.ckpt`` if complete, else the newest complete step checkpoint (a run killed
-    while writing ``last.ckpt`` resumes from the one before)."""
-    import re
+def _global_step(path: Path) -> int | None:
+    """The ``global_step`` a complete checkpoint records (tensors memory-mapped, not read), or None."""
+    import torch
 
-    def step(p: Path) -> int:
-        m = re.search(r"step=(\d+)", p.name)
-        return int(m.group(1)) if m else -1
+    try:
+        if path.is_dir():
+            state = torch.load(path / "meta.pt", map_location="cpu", weights_only=True)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["global_step"])
+    except Exception:
+        return None
 
-    candidates = [folder / "last.ckpt", *sorted(_checkpoints_in(folder), key=step, reverse=True)]
-    for path in candidates:
-        if path.exists() and _complete(path):
-            if path.name != "last.ckpt" and (folder / "last.ckpt").exists():
-                rank_zero_info(f"cofe fit: {folder / 'last.ckpt'} is incomplete; resuming from {path.name}")
-            return path
-    return None
+
+def resolve_last(folder: Path, tidy: bool = False) -> Path | None:
+    """``--ckpt_path last``: the complete checkpoint that got furthest (``last.ckpt`` on a tie).
+
+    A run killed after a step checkpoint and before ``last.ckpt`` was rewritten resumes from the step checkpoint;
+    one killed while writing ``last.ckpt`` resumes from the newest complete one before it. With ``tidy`` (the
+    process that starts the run), half-written checkpoints are removed: the resumed run writes those names again,
+    and a leftover would make Lightning version the new file (``-v1``) and keep it outside its retention.
+    """
+    import shutil
+
+    candidates = [folder / "last.ckpt", *_checkpoints_in(folder)]
+    best, best_step = None, -1
+    for path in dict.fromkeys(candidates):
+        if not path.exists():
+            continue
+        step = _global_step(path) if _complete(path) else None
+        if step is None:
+            if tidy and path.name != "last.ckpt":
+                rank_zero_info(f"cofe fit: removing {path}, a checkpoint that was not written to the end")
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            continue
+        if step > best_step:
+            best, best_step = path, step
+    if best is not None and best.name != "last.ckpt":
+        rank_zero_info(f"cofe fit: resuming from {best.name} (step {best_step}), newer than a whole last.ckpt")
+    return best
 
 
 class CoFECLI(LightningCLI):
@@ -294,7 +318,7 @@ class CoFECLI(LightningCLI):
             c.model.components = _components_beside(c.data.train_shards)
         ckpt_dir = Path(c.checkpoint.dirpath)
         if c.ckpt_path == "last":
-            last = resolve_last(ckpt_dir)
+            last = resolve_last(ckpt_dir, tidy=_first_process())
             if last is not None:
                 c.ckpt_path = str(last)
             else:
