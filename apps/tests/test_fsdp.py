@@ -39,19 +39,27 @@ def _sample(ckpt: Path, face: str, out: Path, *extra: str) -> int:
                         "--device", "cpu", *extra])  # fmt: skip
 
 
-@pytest.mark.slow
-def test_fsdp_kill_resume_export_equals_ddp(tmp_path, shards, face):
-    steps = ("--checkpoint.every_n_train_steps", "2", "--model.gradient_checkpointing", "true")
-    ddp = tmp_path / "ddp"
-    ddp.mkdir()
-    run_fit(ddp, shards, "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_steps", "4", *steps)
+STEPS = ("--checkpoint.every_n_train_steps", "2", "--model.gradient_checkpointing", "true")
 
-    fsdp = tmp_path / "fsdp"
-    fsdp.mkdir()
-    kill_after(fsdp, shards, "*step=2.ckpt", "--trainer.max_steps", "100000", *steps, config=FSDP)
+
+@pytest.fixture(scope="module")
+def fsdp(tmp_path_factory, shards) -> Path:
+    """A tiny-fsdp run on 2 processes, SIGKILLed after its step-2 checkpoint and resumed to step 4."""
+    fsdp = tmp_path_factory.mktemp("fsdp")
+    kill_after(fsdp, shards, "*step=2.ckpt", "--trainer.max_steps", "100000", *STEPS, config=FSDP)
     last = next((fsdp / "fit").rglob("last.ckpt"))
     assert last.is_dir() and {p.name for p in last.iterdir()} >= {"__0_0.distcp", "__1_0.distcp", "meta.pt"}
-    run_fit(fsdp, shards, "--trainer.max_steps", "4", *steps, "--ckpt_path", "last", config=FSDP)
+    run_fit(fsdp, shards, "--trainer.max_steps", "4", *STEPS, "--ckpt_path", "last", config=FSDP)
+    return fsdp
+
+
+@pytest.mark.slow
+def test_fsdp_kill_resume_export_equals_ddp(tmp_path, shards, fsdp, face):
+    ddp = tmp_path / "ddp"
+    ddp.mkdir()
+    run_fit(ddp, shards, "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_steps", "4", *STEPS)
+    last = next((fsdp / "fit").rglob("last.ckpt"))
+    assert torch.load(last / "meta.pt", map_location="cpu", weights_only=True)["global_step"] == 4
     assert recorded(fsdp, 0)[3] == recorded(ddp, 0)[3] and recorded(fsdp, 1)[3] == recorded(ddp, 1)[3]
 
     exports = {}
@@ -127,9 +135,8 @@ def test_broken_checkpoints_are_clear_errors_and_export_leaves_nothing(tmp_path,
 
 
 @pytest.mark.slow
-def test_sharded_checkpoint_with_a_rank_missing_or_truncated(tmp_path, shards, capsys):
-    run_fit(tmp_path, shards, "--trainer.max_steps", "2", "--checkpoint.every_n_train_steps", "2", config=FSDP)
-    last = next((tmp_path / "fit").rglob("last.ckpt"))
+def test_sharded_checkpoint_with_a_rank_missing_or_truncated(tmp_path, fsdp, capsys):
+    last = next((fsdp / "fit").rglob("last.ckpt"))
     broken = tmp_path / "broken.ckpt"
     shutil.copytree(last, broken)
     (broken / "__1_0.distcp").unlink()

@@ -275,12 +275,20 @@ def test_resume_picks_the_checkpoint_that_got_furthest_and_tidies_half_written_o
     (tmp_path / "epoch=3-step=14.ckpt" / "__0_0.distcp").write_bytes(b"x")
 
     assert resolve_last(tmp_path).name == "epoch=2-step=10.ckpt"
-    assert (tmp_path / "epoch=3-step=12.ckpt").exists()  # another rank's view: nothing removed
-    assert resolve_last(tmp_path, tidy=True).name == "epoch=2-step=10.ckpt"
+    assert (tmp_path / "epoch=3-step=12.ckpt").exists()  # another rank's view: nothing changed
+    assert (tmp_path / "last.ckpt").read_bytes() != whole
+    assert resolve_last(tmp_path, tidy=True).name == "last.ckpt"  # the starting process brings last.ckpt forward
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch=1-step=6.ckpt", "epoch=2-step=10.ckpt", "last.ckpt"]
+    assert (tmp_path / "last.ckpt").read_bytes() == whole
 
-    (tmp_path / "epoch=2-step=10.ckpt").unlink()
-    assert resolve_last(tmp_path).name == "last.ckpt"
-    (tmp_path / "last.ckpt").write_bytes(whole[:100])  # killed while writing last.ckpt
-    assert resolve_last(tmp_path, tidy=True).name == "epoch=1-step=6.ckpt"
-    assert (tmp_path / "last.ckpt").exists()  # Lightning rewrites last.ckpt in place
+    (tmp_path / "last.ckpt").unlink()  # a last.ckpt that is not whole (new files replace old ones by rename)
+    (tmp_path / "last.ckpt").write_bytes(whole[:100])
+    assert resolve_last(tmp_path).name == "epoch=2-step=10.ckpt"
+    torch.save({"global_step": 16}, tmp_path / "epoch=4-step=16.ckpt")
+    sharded = tmp_path / "epoch=4-step=16.ckpt"
+    sharded.unlink()
+    sharded.mkdir()  # a complete sharded checkpoint: its meta.pt gives the step
+    torch.save({"global_step": 16}, sharded / "meta.pt")
+    (sharded / ".metadata").write_bytes(b"m")
+    assert resolve_last(tmp_path, tidy=True).name == "last.ckpt"
+    assert (tmp_path / "last.ckpt").is_dir() and (tmp_path / "last.ckpt" / ".metadata").read_bytes() == b"m"

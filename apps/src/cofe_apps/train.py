@@ -278,8 +278,36 @@ def resolve_last(folder: Path, tidy: bool = False) -> Path | None:
         if step > best_step:
             best, best_step = path, step
     if best is not None and best.name != "last.ckpt":
-        rank_zero_info(f"cofe fit: resuming from {best.name} (step {best_step}), newer than a whole last.ckpt")
+        rank_zero_info(f"cofe fit: resuming from {best.name} (step {best_step}), newer than last.ckpt")
+        if tidy:  # last.ckpt is what users export and sample: it must not stay behind (a run already at max_steps
+            _link_copy(best, folder / "last.ckpt")  # writes nothing more)
+            best = folder / "last.ckpt"
     return best
+
+
+def _link_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` a copy of the checkpoint ``src`` out of hard links (plain copies where the file system refuses
+    links), swapped in whole. Links are safe: Lightning replaces a checkpoint file by renaming a new one over it
+    (fsspec's transaction) and :class:`FSDP2Strategy` swaps folders, so neither writes into a shared inode."""
+    import shutil
+
+    from cofe_apps.io import fsync_dir
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    tmp, old = dst.with_name(f".{dst.name}.partial"), dst.with_name(f".{dst.name}.old")
+    for path in (tmp, old):
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    shutil.copytree(src, tmp, copy_function=link) if src.is_dir() else link(str(src), str(tmp))
+    if dst.exists():
+        dst.rename(old)
+    tmp.rename(dst)
+    fsync_dir(dst.parent)
+    shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
 
 
 class CoFECLI(LightningCLI):
