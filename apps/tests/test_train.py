@@ -59,7 +59,10 @@ def test_kill_then_the_readme_resume_command_continues(tmp_path, train_shards):
     (run,) = client.search_runs([client.get_experiment_by_name("cofe").experiment_id])  # one run, continued
     assert run.info.run_name == "tiny"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
-    assert set(steps) == set(range(at + 4)) and max(steps) == at + 3, (at, sorted(steps))
+    # Every step logged once, except perhaps the one whose checkpoint was written just before the kill: Lightning
+    # saves a step's checkpoint before logging that step's metrics (docs/choices.md, Resume).
+    assert max(steps) == at + 3, (at, sorted(steps))
+    assert set(range(at - 1)) | set(range(at, at + 4)) <= set(steps) <= set(range(at + 4)), (at, sorted(steps))
     for metric in (
         "train/grad_norm",
         "train/lr",
