@@ -27,7 +27,6 @@ nD = ceil(D / BLOCK_D) chunks per row.
 from __future__ import annotations
 
 import os
-from collections import Counter
 
 import torch
 import triton
@@ -37,7 +36,6 @@ from torch import Tensor
 from cofe_fusion.ops.common import check_expert_gate_inputs, gate_shapes
 
 __all__ = [
-    "LAUNCHES",
     "MAX_EXPERTS",
     "ExpertGateFunction",
     "expert_gate_backward",
@@ -48,8 +46,6 @@ __all__ = [
 
 # Experts are held in registers as one (BLOCK_E, BLOCK_D) tile; 16 keeps the tile small for any BLOCK_D.
 MAX_EXPERTS = 16
-# Launch counter per kernel name: lets tests prove the Triton path really ran (and not a fallback).
-LAUNCHES: Counter[str] = Counter()
 # Triton picks the interpreter when `triton.jit` decorates a function, i.e. when this module is imported.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -243,7 +239,6 @@ def expert_gate_forward(logits: Tensor, experts: Tensor) -> Tensor:
         lg, x, out, T, E, D, *lg.stride(), *x.stride(),
         BLOCK_E=block_e, BLOCK_D=block_d, ACC=_acc(logits, experts), num_warps=num_warps,
     )  # fmt: skip
-    LAUNCHES["fwd"] += 1
     return out.reshape(shapes.out_shape)  # (*G, *T, D)
 
 
@@ -289,7 +284,6 @@ def expert_gate_backward(
             BLOCK_E=block_e, BLOCK_D=block_d, ACC=acc, NEED_GX=need_experts_grad, NEED_GL=need_logits_grad,
             num_warps=num_warps,
         )  # fmt: skip
-        LAUNCHES["bwd"] += 1
     if need_logits_grad:
         if R * D == 0:  # no tokens or no width: the output does not depend on the logits
             gl.zero_()
@@ -299,7 +293,6 @@ def expert_gate_backward(
             _expert_gate_bwd_logits_kernel[(G,)](
                 lg, part, gl, n, E, *lg.stride(), BLOCK_N=block_n, BLOCK_E=block_e, ACC=acc, num_warps=4
             )
-            LAUNCHES["bwd_logits"] += 1
         gl = gl.reshape(logits.shape)  # (*G, E)
     if gx is not None:
         gx = gx.reshape(experts.shape)  # (*G, *T, E, D)
