@@ -23,6 +23,7 @@ from PIL import Image
 from cofe_curation.caption import CaptionRewriter, build_rewriter, rewrite_many
 from cofe_curation.config import CurationConfig
 from cofe_curation.faces import (
+    FaceStats,
     FaceTrack,
     IdentityCheck,
     box_iou,
@@ -43,7 +44,14 @@ from cofe_curation.identity import (
 from cofe_curation.ingest import DecodedVideo, IngestError, InputItem, decode_windows, json_name
 from cofe_curation.media import Cut, cut_clips, encode_mp4
 from cofe_curation.shots import ClipSpan, shot_clips
-from cofe_curation.speech import decide_speaking, mouth_evidence, speech_facts, speech_ratio, speech_segments
+from cofe_curation.speech import (
+    SpeechResult,
+    decide_speaking,
+    mouth_evidence,
+    speech_facts,
+    speech_ratio,
+    speech_segments,
+)
 from cofe_encoders.align import alignment_matrix, transform_points
 from cofe_encoders.face import Face, FaceAnalyzer, OfflineFaceAnalyzer, build_face_analyzer, norm_crop, reference_crop
 
@@ -174,6 +182,24 @@ class Prepared:
     spans: list[ClipSpan]
     detections: list[list[Face]]
     seconds: dict[str, float]
+
+
+@dataclass
+class Decided:
+    """A clip that passed every decision of :meth:`Curator.process`, waiting to be cut and written.
+
+    ``index`` is its place in the input's clip list; ``refined`` is ``(caption, rewriter)``, set once the input's
+    captions have been rewritten in one batch; ``stats`` and ``speech`` are the face and speaking decisions.
+    """
+
+    index: int
+    key: str
+    span: ClipSpan
+    track: FaceTrack
+    consistency: float
+    stats: FaceStats
+    speech: SpeechResult
+    refined: tuple[str, str] | None = None
 
 
 class Curator:
@@ -307,35 +333,35 @@ class Curator:
                 video.start,
                 cfg.speech.max_yaw,
             )
-            speech = decide_speaking(ratio, evidence, has_audio, cfg.speech)
-            refined = None  # all kept clips' captions are rewritten in one batch, below
+            speech = decide_speaking(ratio, evidence, has_audio, cfg.speech)  # captions: one batch, below
             seconds["speech"] += time.perf_counter() - tic
-            pending.append((len(result.clips), key, span, track, consistency, stats, speech, refined))
+            pending.append(Decided(len(result.clips), key, span, track, consistency, stats, speech))
             result.clips.append(ClipResult(key, span.t0, span.t1, "kept", "write", ""))  # filled in below
             result.clips[-1].embedding = clip_embedding(emb, yaws)
 
         # One batch of captions per input (a local LLM rewriter generates them together, on its device).
         tic = time.perf_counter()
-        batch = rewrite_many(self.rewriter, [(video.caption, p[6].speaking, speech_facts(p[6])) for p in pending])
-        pending = [(*p[:7], refined) for p, refined in zip(pending, batch, strict=True)]
+        batch = rewrite_many(
+            self.rewriter, [(video.caption, p.speech.speaking, speech_facts(p.speech)) for p in pending]
+        )
+        for p, refined in zip(pending, batch, strict=True):
+            p.refined = refined
         seconds["speech"] += time.perf_counter() - tic
 
         tic = time.perf_counter()
-        refs = [reference_index(p[3]) for p in pending]
+        refs = [reference_index(p.track) for p in pending]
         cuts = cut_clips(
             video.source,
-            [(p[2].t0, p[2].t1) for p in pending],
+            [(p.span.t0, p.span.t1) for p in pending],
             cfg.write.max_side,
             video.rotation,
             video.origin,
-            stills=[float(video.times[p[3].indices[r]]) for p, r in zip(pending, refs, strict=True)],
+            stills=[float(video.times[p.track.indices[r]]) for p, r in zip(pending, refs, strict=True)],
         )
-        for (index, key, span, track, consistency, stats, speech, refined), ref, cut in zip(
-            pending, refs, cuts, strict=True
-        ):
-            clip = self._write(video, key, span, cut, track, ref, consistency, stats, speech, refined)
-            clip.embedding = result.clips[index].embedding
-            result.clips[index] = clip
+        for p, ref, cut in zip(pending, refs, cuts, strict=True):
+            clip = self._write(video, p, cut, ref)
+            clip.embedding = result.clips[p.index].embedding
+            result.clips[p.index] = clip
         seconds["write"] += time.perf_counter() - tic
         result.seconds = dict(seconds)
         _decide(result, cfg)
@@ -366,20 +392,12 @@ class Curator:
             return error_result(item.source, f"{json_name(item.source)}: {type(exc).__name__}: {exc}")
         return merge_windows(windows, self.cfg)
 
-    def _write(
-        self,
-        video: DecodedVideo,
-        key: str,
-        span: ClipSpan,
-        cut: Cut,
-        track: FaceTrack,
-        ref: int,
-        consistency: float,
-        stats,
-        speech,
-        refined: tuple[str, str],
-    ) -> ClipResult:
+    def _write(self, video: DecodedVideo, decided: Decided, cut: Cut, ref: int) -> ClipResult:
+        """The kept clip as written: its mp4 (with its audio), reference images and annotation JSON; ``ref`` is
+        the track position of the reference frame."""
         cfg = self.cfg
+        key, span, track, stats, speech = decided.key, decided.span, decided.track, decided.stats, decided.speech
+        consistency, refined = decided.consistency, decided.refined
         frames, fps = cut.frames, cut.fps
         height, width = frames.shape[1:3]
         k = width / video.frames.shape[2]  # analysis pixels -> clip pixels
