@@ -279,8 +279,10 @@ def resolve_last(folder: Path, tidy: bool = False) -> Path | None:
             best, best_step = path, step
     if best is not None and best.name != "last.ckpt":
         rank_zero_info(f"cofe fit: resuming from {best.name} (step {best_step}), newer than last.ckpt")
-        if tidy:  # last.ckpt is what users export and sample: it must not stay behind (a run already at max_steps
-            _link_copy(best, folder / "last.ckpt")  # writes nothing more)
+        if tidy:
+            # last.ckpt is what users export and sample: it must not stay behind, and a run that is already at
+            # max_steps would write nothing to bring it forward.
+            _link_copy(best, folder / "last.ckpt")
             best = folder / "last.ckpt"
     return best
 
