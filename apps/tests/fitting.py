@@ -13,8 +13,8 @@ from pathlib import Path
 
 import webdataset as wds
 
-from cofe_apps.components import ExpertsSpec, TextSpec, VAESpec
 from cofe_apps.precompute import PrecomputeConfig, precompute
+from cofe_apps.specs import ExpertsSpec, TextSpec, VAESpec
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "apps/configs/tiny.yaml")

@@ -10,9 +10,10 @@ import pytest
 import torch
 import webdataset as wds
 
-from cofe_apps.components import LinearCodec, VAESpec, build_vae
+from cofe_apps.components import LinearCodec, build_vae
 from cofe_apps.io import decode_clip
 from cofe_apps.precompute import main as precompute_main
+from cofe_apps.specs import VAESpec
 
 
 def _videos(n: int = 3, frames: int = 9, size: int = 32) -> list[torch.Tensor]:

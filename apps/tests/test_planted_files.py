@@ -44,8 +44,8 @@ def test_a_crafted_checkpoint_never_runs(tmp_path, capsys):
 
 
 def test_a_shard_named_like_a_pipe_command_is_a_file(tmp_path, monkeypatch, curated_shards):
-    from cofe_apps.components import ExpertsSpec, TextSpec, VAESpec
     from cofe_apps.precompute import PrecomputeConfig, precompute
+    from cofe_apps.specs import ExpertsSpec, TextSpec, VAESpec
 
     folder = tmp_path / "shards"
     folder.mkdir()

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from cofe_apps.components import ExpertsSpec, TextSpec, VAESpec
 from cofe_apps.io import OutputLocked, read_npy
 from cofe_apps.precompute import PrecomputeConfig, PrecomputeError, precompute
 from cofe_apps.precompute import main as precompute_main
+from cofe_apps.specs import ExpertsSpec, TextSpec, VAESpec
 
 CFG = dict(frames=9, height=64, width=64, vae=VAESpec(tiny=True), text=TextSpec(tiny=True, dim=16),
            experts=ExpertsSpec())  # fmt: skip
@@ -143,7 +143,7 @@ def test_a_bucket_the_vae_cannot_encode_names_the_nearest_valid_size(tmp_path, c
 def test_wan22_geometry_and_i2v_conditioning(tmp_path, curated_shards):
     """A Wan 2.2 VAE (48 channels, 16x) writes (48, 3, 4, 4) latents for 9 x 64 x 64 clips; with a CLIP image
     encoder each sample also carries the first frame's tokens and the [first frame, zeros] latent."""
-    from cofe_apps.components import ImageSpec
+    from cofe_apps.specs import ImageSpec
 
     cfg = PrecomputeConfig(**{**CFG, "vae": VAESpec(tiny=True, family="wan2.2", z_dim=48)})
     precompute(curated_shards[:1], tmp_path / "t22", cfg, log=_quiet)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cofe_apps.specs import (  # noqa: F401 (the specs, re-exported where the components are built)
+from cofe_apps.specs import (
     EXPERT_KEYS,
     ComponentsSpec,
     ExpertsSpec,
@@ -30,8 +30,6 @@ from cofe_apps.specs import (  # noqa: F401 (the specs, re-exported where the co
     LatentGeometry,
     TextSpec,
     VAESpec,
-    text_dim,
-    vae_geometry,
 )
 
 # ------------------------------------------------------------------------------------------------------- geometry

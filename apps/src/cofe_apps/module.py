@@ -358,7 +358,7 @@ class CoFEModule(L.LightningModule):
 
     def face_tokens(self, batch: dict, drop: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
         """Expert features of the batch -> per-block fused tokens ``num_layers x (B, M, D)`` and gates."""
-        from cofe_apps.components import EXPERT_KEYS
+        from cofe_apps.specs import EXPERT_KEYS
 
         feats = {}
         for spec in self.cofe.cfg.experts:
@@ -386,7 +386,8 @@ class CoFEModule(L.LightningModule):
         if self._encoders is None:
             if not self.record:
                 raise ValueError("a raw-clip batch needs CoFEModule(components=<cofe precompute config.json>)")
-            from cofe_apps.components import ComponentsSpec, Encoders
+            from cofe_apps.components import Encoders
+            from cofe_apps.specs import ComponentsSpec
 
             self._encoders = Encoders(ComponentsSpec.from_dict(self.record), str(self.device))
         enc = self._encoders

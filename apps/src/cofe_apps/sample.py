@@ -24,15 +24,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from cofe_apps.components import ComponentsSpec, Encoders
+    from cofe_apps.components import Encoders
     from cofe_apps.module import CoFEModule
+    from cofe_apps.specs import ComponentsSpec
 
 
 class Sampler:
     """Holds a trained module and its frozen components."""
 
     def __init__(self, module: CoFEModule, components: ComponentsSpec | None = None, device: str = "cpu"):
-        from cofe_apps.components import ComponentsSpec, Encoders
+        from cofe_apps.components import Encoders
+        from cofe_apps.specs import ComponentsSpec
 
         if components is None:
             if not module.record:
@@ -195,9 +197,10 @@ def main(argv: list[str]) -> int:
 
     import torch
 
-    from cofe_apps.components import ComponentsSpec, ReferenceError, reference_from_image
+    from cofe_apps.components import ReferenceError, reference_from_image
     from cofe_apps.io import load_image, png_bytes, write_mp4
     from cofe_apps.module import CoFEModule, read_components
+    from cofe_apps.specs import ComponentsSpec
 
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
