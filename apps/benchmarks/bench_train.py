@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from cofe_apps.components import ExpertsSpec, TextSpec, VAESpec
 from cofe_apps.data import ShardDataModule
 from cofe_apps.io import git_revision
 from cofe_apps.module import CoFEModule
 from cofe_apps.precompute import PrecomputeConfig, precompute
-from cofe_apps.sample import Components, Sampler
+from cofe_apps.sample import Sampler
+from cofe_apps.specs import ComponentsSpec, ExpertsSpec, TextSpec, VAESpec
 from cofe_apps.synthetic import hopper, make_curated_shards, reference_crop
 from cofe_dit import SamplerConfig
 
@@ -66,6 +66,7 @@ def main() -> None:
             freeze="full",
             ema_decay=0.0,
         )
+        module.configure_model()  # what Lightning calls before training: builds the DiT and CoFE
         opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
 
         def step(batch: dict) -> None:
@@ -88,11 +89,11 @@ def main() -> None:
             step(batch)
             t_memory += time.perf_counter() - start
 
-        sampler = Sampler(
-            module.eval(), Components(VAESpec(tiny=True), TextSpec(tiny=True, dim=16, text_len=16), ExpertsSpec())
-        )
+        components = ComponentsSpec(VAESpec(tiny=True), TextSpec(tiny=True, dim=16, text_len=16), ExpertsSpec())
+        sampler = Sampler(module.eval(), components)
         ref, first = reference_crop(), hopper()[:360, 60:420]
         sampler(ref, "warm up", first, frames=a.frames, height=a.size, width=a.size, config=SamplerConfig(steps=2))
+        solve = SamplerConfig(steps=20)
         start = time.perf_counter()
         for i in range(a.samples):
             sampler(
@@ -102,20 +103,21 @@ def main() -> None:
                 frames=a.frames,
                 height=a.size,
                 width=a.size,
-                config=SamplerConfig(steps=20),
+                config=solve,
                 seed=i,
             )
         t_sample = time.perf_counter() - start
+        latent = sampler.enc.geometry.latent_shape(a.frames, a.size, a.size)
 
     print(
         f"git {git_revision()} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
-        f"workers {a.workers} | batch {a.batch} x latent (4, {1 + (a.frames - 1) // 4}, {a.size // 8}, {a.size // 8})"
+        f"workers {a.workers} | batch {a.batch} x latent {tuple(latent)}"
     )
     print(f"train step, shard loader: {a.steps / t_loader:7.2f} steps/s ({a.steps * a.batch / t_loader:.1f} samples/s)")
     print(f"train step, from memory : {a.steps / t_memory:7.2f} steps/s")
     print(f"ratio loader / memory = {t_memory / t_loader:.3f} (target >= 0.9)")
     print(
-        f"cofe sample (20 DPM-Solver++ steps, CFG text + face, {a.frames} frames {a.size}px): "
+        f"cofe sample ({solve.steps} {solve.solver} steps, CFG text + face, {a.frames} frames {a.size}px): "
         f"{a.samples / t_sample:.2f} videos/s"
     )
 
