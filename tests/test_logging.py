@@ -12,7 +12,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 APPS = ROOT / "apps" / "src" / "cofe_apps"
 # apps modules that are library code (used by the commands, the LightningModule and the DataModule), not commands.
-APPS_LIBRARY = ("module.py", "data.py", "components.py", "weights.py", "specs.py", "io.py", "synthetic.py")
+APPS_LIBRARY = (
+    "model.py",
+    "pipeline.py",
+    "module.py",
+    "data.py",
+    "components.py",
+    "weights.py",
+    "specs.py",
+    "io.py",
+    "synthetic.py",
+)
 LIBRARY = sorted([*ROOT.glob("packages/*/src/**/*.py"), *(APPS / name for name in APPS_LIBRARY)])
 
 

@@ -16,8 +16,8 @@ import torch
 from cofe_apps.data import ShardDataModule
 from cofe_apps.io import git_revision
 from cofe_apps.module import CoFEModule
+from cofe_apps.pipeline import CoFEPipeline
 from cofe_apps.precompute import PrecomputeConfig, precompute
-from cofe_apps.sample import Sampler
 from cofe_apps.specs import ComponentsSpec, ExpertsSpec, TextSpec, VAESpec
 from cofe_apps.synthetic import hopper, make_curated_shards, reference_crop
 from cofe_dit import SamplerConfig
@@ -90,7 +90,7 @@ def main() -> None:
             t_memory += time.perf_counter() - start
 
         components = ComponentsSpec(VAESpec(tiny=True), TextSpec(tiny=True, dim=16, text_len=16), ExpertsSpec())
-        sampler = Sampler(module.eval(), components)
+        sampler = CoFEPipeline(module.net, components)
         ref, first = reference_crop(), hopper()[:360, 60:420]
         sampler(ref, "warm up", first, frames=a.frames, height=a.size, width=a.size, config=SamplerConfig(steps=2))
         solve = SamplerConfig(steps=20)

@@ -213,7 +213,11 @@ class WanVAE:
                 self.model = _tiny_wan_vae(spec)
         else:
             raise ValueError("VAESpec needs a path (a diffusers AutoencoderKLWan folder) or tiny=True")
-        self.model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        # diffusers' ModelMixin.to(dtype=...) warns about fp32-kept modules even when, as for AutoencoderKLWan, it
+        # keeps none: cast through nn.Module.to, and only when the dtype differs (from_pretrained read it in dtype).
+        if next(self.model.parameters()).dtype != dtype:
+            torch.nn.Module.to(self.model, dtype=dtype)
+        self.model.to(device).eval().requires_grad_(False)
         cfg = self.model.config
         self.z_dim = cfg.z_dim
         self.geometry = LatentGeometry(

@@ -186,19 +186,17 @@ def _done(start: float, timings: dict, name: str) -> None:
     print(f"      {name} done in {timings[name]:.1f}s", flush=True)
 
 
-def sample_videos(module, components, items, out_dir: Path, cfg: DemoConfig, label: str) -> None:
+def sample_videos(pipe, items, out_dir: Path, cfg: DemoConfig, label: str) -> None:
     """One mp4 per benchmark item: its reference face, its first frame and its prompt."""
     from tqdm import tqdm
 
     from cofe_apps.io import load_image, write_mp4
-    from cofe_apps.sample import Sampler
     from cofe_dit import SamplerConfig
 
-    sampler = Sampler(module, components)
     config = SamplerConfig(steps=cfg.sample_steps, shift=1.0, solver="dpmpp_2m", text_scale=3.0, face_scale=1.0)
     out_dir.mkdir(parents=True, exist_ok=True)
     for i, item in enumerate(tqdm(items, desc=f"sampling ({label})")):
-        video = sampler(
+        video = pipe(
             load_image(item.reference),
             item.prompt,
             load_image(item.first_frame),
@@ -259,6 +257,8 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict:
 
     from cofe_apps import bench, compare, curate, precompute, train
     from cofe_apps.module import CoFEModule
+    from cofe_apps.pipeline import CoFEPipeline
+    from cofe_apps.specs import ComponentsSpec
     from cofe_bench import build_lafid_manifest, read_manifest
 
     cfg = cfg or DemoConfig()
@@ -335,13 +335,12 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict:
     _done(t, timings, "fit")
 
     t = _stage(6, "sample", "one video per benchmark item, from the trained and from the untrained model")
-    trained = CoFEModule.from_checkpoint(last, ema=True)
-    components = None  # the training data's, recorded in the checkpoint
+    trained = CoFEPipeline.from_pretrained(last, ema=True, device="cpu")  # the training data's components
     untrained = CoFEModule(**fit["model"], seed=cfg.seed + 1)
     untrained.configure_model()
-    untrained.eval()
-    sample_videos(trained, components, items, out / "samples" / "trained", cfg, "trained")
-    sample_videos(untrained, components, items, out / "samples" / "untrained", cfg, "untrained")
+    baseline = CoFEPipeline(untrained.net, ComponentsSpec.from_dict(untrained.record), encoders=trained.enc)
+    sample_videos(trained, items, out / "samples" / "trained", cfg, "trained")
+    sample_videos(baseline, items, out / "samples" / "untrained", cfg, "untrained")
     _done(t, timings, "sample")
 
     t = _stage(7, "bench", "cofe bench --protocol cofe --recognizer dlib on trained, untrained and the real clips")

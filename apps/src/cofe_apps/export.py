@@ -18,24 +18,22 @@ from pathlib import Path
 def export(checkpoint: str | Path, out: str | Path, ema: bool = False, dit_weights: str | None = None) -> Path:
     """Write the export; returns its path."""
     from cofe_apps.io import OutputLock
-    from cofe_apps.module import CoFEModule
-    from cofe_apps.weights import read_checkpoint, write_export
+    from cofe_apps.weights import load_model, write_export
 
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out {out}: the export is a .safetensors file")
-    ckpt = read_checkpoint(checkpoint)
-    if ckpt.kind == "export":
+    if Path(checkpoint).is_file() and Path(checkpoint).suffix == ".safetensors":
         raise ValueError(f"{checkpoint} is already an export")
-    module = CoFEModule.from_state(ckpt, ema=ema, dit_weights=dit_weights)
-    meta = module.cofe_meta()
-    meta["checkpoint_mode"] = "full"
-    meta["ema"] = ema
-    meta["source"] = str(Path(checkpoint).resolve())
-    hparams = {k: v for k, v in dict(module.hparams).items() if not k.startswith("_")}
+    # The network alone, each tensor in the dtype training stored it in (no EMA mirror, no LightningModule).
+    loaded = load_model(checkpoint, ema=ema, dit_weights=dit_weights)
+    meta = {k: v for k, v in loaded.meta.items() if k != "base"}
+    meta.update(checkpoint_mode="full", ema=ema, source=str(Path(checkpoint).resolve()))
+    hparams = {k: v for k, v in loaded.hparams.items() if not k.startswith("_")}
     hparams.update(components=None, dit_weights=None, checkpoint_mode="full")
+    state = {k: v.detach().cpu().contiguous() for k, v in loaded.model.state_dict().items()}
     with OutputLock(out.parent, "cofe export"):
-        return write_export(out, module.model_state(), hparams, meta, ckpt.step)
+        return write_export(out, state, hparams, meta, loaded.step)
 
 
 def build_parser() -> argparse.ArgumentParser:

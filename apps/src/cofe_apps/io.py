@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,15 +112,36 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
+# The largest image decoded for a reference or a first frame: 120 megapixels and 16384 pixels a side (above every
+# phone and DSLR sensor, 360 MB as RGB). Larger files are refused from their header, before any pixel is decoded:
+# a 30000 x 30000 PNG would otherwise take 2.7 GB to decode, only to be shrunk to a 512 px crop.
+MAX_IMAGE_PIXELS = 120_000_000
+MAX_IMAGE_SIDE = 16384
+
+
 def load_image(path: str | Path) -> np.ndarray:
-    """An image file as ``(H, W, 3)`` uint8 RGB; a clear error naming the file otherwise."""
+    """An image file as ``(H, W, 3)`` uint8 RGB; a clear error naming the file otherwise (unreadable, or larger
+    than ``MAX_IMAGE_PIXELS`` / ``MAX_IMAGE_SIDE``, judged from the header alone)."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as img:
+    unreadable = (OSError, ValueError, Image.DecompressionBombError)
+    limit = f"the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} MP and {MAX_IMAGE_SIDE} px a side; downscale it first"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with its size
+        try:
+            img = Image.open(path)  # reads the header only
+        except Image.DecompressionBombError as exc:  # PIL's own refusal, from the header, above 179 MP
+            raise ValueError(f"image {path} is too large to read ({exc}); {limit}") from None
+        except unreadable as exc:
+            raise ValueError(f"cannot read image {path}: {exc}") from exc
+    with img:
+        w, h = img.size
+        if w * h > MAX_IMAGE_PIXELS or max(w, h) > MAX_IMAGE_SIDE:
+            raise ValueError(f"image {path} is too large to read ({w}x{h}, {w * h / 1e6:.0f} MP); {limit}")
+        try:
             return np.asarray(img.convert("RGB"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
+        except unreadable as exc:
+            raise ValueError(f"cannot read image {path}: {exc}") from exc
 
 
 def png_bytes(image: np.ndarray) -> bytes:

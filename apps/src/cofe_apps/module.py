@@ -34,8 +34,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from cofe_dit import DiT, DiTConfig, FlowMatching, first_frame_mask, i2v_condition, per_token_timesteps
-from cofe_fusion import CoFE, CoFEConfig, ExpertFeatures
+from cofe_apps.model import CoFEModel, build_configs, read_components
+from cofe_dit import DiT, FlowMatching, first_frame_mask, i2v_condition, per_token_timesteps
+from cofe_fusion import CoFE
+
+__all__ = ["EMA", "CoFEModule", "build_configs", "read_components"]  # the last two live in cofe_apps.model
 
 Freeze = Literal["cofe", "adapter", "full"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -74,79 +77,6 @@ class EMA(nn.Module):
     def update(self, params: dict[str, Tensor], decay: float) -> None:
         for name in self.names:
             self.get(name).lerp_(params[name].detach().float(), 1 - decay)
-
-
-def read_components(components: str | dict | None) -> dict | None:
-    """The record ``cofe precompute`` wrote (its ``config.json``), from a path or as a dict."""
-    if components is None or isinstance(components, dict):
-        return components
-    import json
-
-    path = Path(components)
-    if not path.is_file():
-        raise FileNotFoundError(f"no components record at {path} (the config.json `cofe precompute` writes)")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise ValueError(f"{path} is not readable JSON: {exc}") from exc
-
-
-def build_configs(
-    dit: str, dit_overrides: dict | None, cofe: str, cofe_overrides: dict | None, record: dict | None
-) -> tuple[DiTConfig, CoFEConfig]:
-    """The DiT and CoFE configs, with the widths and geometry of the components record checked against them.
-
-    The record is the one source of truth for what the data look like: the latent channels and the VAE strides must
-    be the DiT preset's, the text width its ``text_dim``, the CLIP image tokens its ``image_dim``; the experts'
-    widths set CoFE's (a width given in ``cofe_overrides`` that disagrees is an error).
-    """
-    dit_cfg = DiTConfig.from_name(dit, **(dit_overrides or {}))
-    overrides = dict(cofe_overrides or {})
-    if record is not None:
-        src = "components record (cofe precompute's config.json)"
-        lat = record.get("latent")
-        if lat:
-            stride = (lat["temporal_stride"], lat["spatial_stride"], lat["spatial_stride"])
-            if lat["channels"] != dit_cfg.out_dim:
-                raise ValueError(
-                    f"the {src} has {lat['channels']}-channel latents; the {dit_cfg.name!r} DiT predicts "
-                    f"{dit_cfg.out_dim} channels: precompute with its VAE (or another DiT preset)"
-                )
-            if tuple(stride) != tuple(dit_cfg.vae_stride):
-                raise ValueError(
-                    f"the {src} was made with a VAE of strides {stride}; the {dit_cfg.name!r} DiT is trained on "
-                    f"latents of a {tuple(dit_cfg.vae_stride)} VAE"
-                )
-        if record.get("text_dim") not in (None, dit_cfg.text_dim):
-            raise ValueError(
-                f"the {src} has {record['text_dim']}-d text states; the {dit_cfg.name!r} DiT reads "
-                f"text_dim={dit_cfg.text_dim}"
-            )
-        image = record.get("image_tokens")
-        if dit_cfg.model_type == "i2v":
-            if not image:
-                raise ValueError(f"the {dit_cfg.name!r} DiT is I2V: precompute with --image-encoder (CLIP tokens)")
-            if image["width"] != dit_cfg.image_dim:
-                raise ValueError(f"the {src} has {image['width']}-d CLIP tokens; the DiT expects {dit_cfg.image_dim}")
-        outputs = record.get("expert_outputs")
-        if outputs:
-            preset = CoFEConfig.from_name(cofe, **overrides)
-            given = {s.name: s for s in preset.experts}
-            specs = []
-            for name, out in outputs.items():
-                spec = given.get(name)
-                if "experts" in overrides and spec is not None and spec.width != out["width"]:
-                    raise ValueError(
-                        f"cofe_overrides gives the {name} expert width {spec.width}; the {src} says the {name} "
-                        f"expert ({out['variant']}) produces {out['width']}-d {out['feature']}"
-                    )
-                projector = spec.projector if spec is not None else None
-                if projector is None:
-                    projector = "mlp" if out["feature"] == "pooled" else "perceiver"
-                specs.append((name, int(out["width"]), projector))
-            overrides["experts"] = specs
-    cofe_cfg = CoFEConfig.from_name(cofe, **overrides).replace(num_blocks=dit_cfg.num_layers)
-    return dit_cfg.replace(face_dim=cofe_cfg.dim), cofe_cfg
 
 
 class CoFEModule(L.LightningModule):
@@ -231,6 +161,7 @@ class CoFEModule(L.LightningModule):
         self.flow = FlowMatching(shift=flow_shift, sampling=sigma_sampling)
         self.dit: DiT | None = None
         self.cofe: CoFE | None = None
+        self.net: CoFEModel | None = None
         self.ema: EMA | None = None
         # The checkpoint a run resumes from (a path, set by `cofe fit`), or its `cofe` record (set by `from_state`).
         self.restoring: str | dict | None = None
@@ -255,10 +186,14 @@ class CoFEModule(L.LightningModule):
 
         hp = self.hparams
         with torch.device("meta"):
-            dit = DiT(self.dit_cfg)
-            cofe = CoFE(self.cofe_cfg)
+            net = CoFEModel(self.dit_cfg, self.cofe_cfg)
+        dit, cofe = net.dit, net.cofe
         self._apply_freeze(dit, cofe)
+        # The module trains `net` (the class export and the pipeline use) but registers its two parts under their
+        # own names, so the state-dict keys stay `dit.*` / `cofe.*` as in every checkpoint written so far; `net` is
+        # a plain attribute over the same module objects (sharding and materialisation act on them in place).
         self.dit, self.cofe = dit, cofe
+        object.__setattr__(self, "net", net)
         trainable = self.trainable()
         if hp.frozen_dtype:
             from cofe_dit.model import is_fp32_parameter
@@ -358,20 +293,7 @@ class CoFEModule(L.LightningModule):
 
     def face_tokens(self, batch: dict, drop: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
         """Expert features of the batch -> per-block fused tokens ``num_layers x (B, M, D)`` and gates."""
-        from cofe_apps.specs import EXPERT_KEYS
-
-        feats = {}
-        for spec in self.cofe.cfg.experts:
-            value = batch[EXPERT_KEYS[spec.name]].float()  # (B, C) pooled or (B, L, C) tokens
-            if value.shape[-1] != spec.width:
-                raise ValueError(f"{spec.name} features are {value.shape[-1]}-d; CoFE was built for {spec.width}")
-            feats[spec.name] = ExpertFeatures(pooled=value) if value.ndim == 2 else ExpertFeatures(tokens=value)
-        out = self.cofe(feats)
-        tokens = out.tokens
-        if drop is not None and drop.any():
-            keep = (~drop).to(tokens[0].dtype)[:, None, None]  # (B, 1, 1)
-            tokens = [t * keep for t in tokens]  # dropped samples see zero tokens
-        return tokens, out.gates
+        return self.net.face_tokens(batch, drop)
 
     def null_context(self, like: Tensor) -> Tensor:
         """The empty prompt's states padded like ``like`` ``(B, T, text_dim)`` (zeros without a record)."""

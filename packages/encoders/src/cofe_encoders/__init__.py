@@ -15,7 +15,7 @@ from cofe_encoders.onnx_utils import InvalidModelError
 from cofe_encoders.registry import build_expert
 from cofe_encoders.semantic import CLIPVisionExpert
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"
 
 __all__ = [
     "ARCFACE_TEMPLATE",

@@ -128,10 +128,16 @@ class OfflineFaceAnalyzer(FaceAnalyzer):
         self.max_side = int(max_side)
         self.min_size = float(min_size)
         self.refine = refine
+        # OpenCV 5's DNN engine warns at creation that it ignores the CPU target YuNet asks for ("Targets are not
+        # supported by the new graph engine"): a notice about its internals on every command that detects a face.
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         try:
             self._yunet = cv2.FaceDetectorYN.create(str(path), "", (320, 320), score_threshold, nms_threshold, 5000)
         except cv2.error as exc:
             raise ValueError(f"YuNet detector {path} could not be loaded by OpenCV: {exc}") from exc
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         self._recognizer = None
 
     @property
