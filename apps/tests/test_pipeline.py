@@ -272,3 +272,32 @@ def test_a_first_frame_for_a_t2v_model_is_refused(trained, face):
         pipe(image, PROMPT, image, crops=crops, **SIZE)
     with pytest.raises(ValueError, match="frames must be"):
         pipe(image, PROMPT, crops=crops, **{**SIZE, "frames": 0})
+
+
+def test_sweep_samples_and_benches_every_point(trained, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from cofe_apps.sweep import main, parse_grid
+    from cofe_bench import ManifestItem, write_manifest
+
+    assert parse_grid(["branch_scale=0.5,1", "blocks=0;0-1"]) == [
+        {"branch_scale": "0.5", "blocks": "0"}, {"branch_scale": "0.5", "blocks": "0-1"},
+        {"branch_scale": "1", "blocks": "0"}, {"branch_scale": "1", "blocks": "0-1"},
+    ]  # fmt: skip
+    photo = str(trained / "face.png")
+    row = ManifestItem(id="r0", reference=photo, prompt=PROMPT, first_frame=photo)
+    manifest = write_manifest([row], tmp_path / "bench.jsonl")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["--checkpoint", str(trained / "model.safetensors"), "--manifest", str(manifest), "--out",
+                 str(tmp_path / "sweep"), "--grid", "branch_scale=0.5,1", "--device", "cpu", "--frames", "9",
+                 "--height", "64", "--width", "64", "--steps", "2", "--tracking-uri", uri, "--bench",
+                 "--random-models --no-progress --recognizer dlib --num-frames 4"])  # fmt: skip
+    assert code == 0
+    for point in ("branch_scale-0.5", "branch_scale-1"):
+        assert (tmp_path / "sweep" / point / "r0.mp4").is_file()
+    md = (tmp_path / "sweep" / "sweep.md").read_text()
+    assert "sweep branch_scale-0.5" in md and "yaw coverage" in md
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 1000
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cofe-sweep").experiment_id])
+    assert sorted(r.data.params.get("control.branch_scale") for r in runs) == ["0.5", "1"]

@@ -1,7 +1,8 @@
 """`cofe compare`: benchmark runs side by side from MLflow, as a Markdown table and a plot.
 
 Reads every finished run of the experiment that `cofe bench` logged to (or the ones named with --runs), prints the
-headline metrics side by side and writes OUT/compare.md and OUT/compare.png.
+headline metrics side by side and writes OUT/compare.md, OUT/compare.png (each metric per yaw bin) and
+OUT/compare_tradeoff.png (identity similarity against yaw coverage and against motion, one point per run).
 """
 
 from __future__ import annotations
@@ -129,6 +130,10 @@ def main(argv: list[str]) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compare.md").write_text(md, encoding="utf-8")
     png = plot(rows, args.out / "compare.png")
+    from cofe_apps.sweep import tradeoff_plot
+
+    # Identity against pose freedom (yaw coverage, motion): the trade-off the identity controls tune.
+    trade = tradeoff_plot(rows, args.out / "compare_tradeoff.png")
     print(md)
-    print(f"table: {args.out / 'compare.md'}  plot: {png}")
+    print(f"table: {args.out / 'compare.md'}  plots: {png}, {trade}")
     return 0
