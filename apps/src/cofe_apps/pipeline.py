@@ -364,6 +364,7 @@ class CoFEPipeline:
         generator: torch.Generator | None = None,
         crops: tuple[np.ndarray, np.ndarray] | Sequence[tuple[np.ndarray, np.ndarray] | None] | None = None,
         callback: Callable[[int, int, int], None] | None = None,
+        **sampler: Any,
     ) -> np.ndarray | list[np.ndarray]:
         """Generate one video, or one per prompt when ``prompt`` is a list.
 
@@ -381,6 +382,7 @@ class CoFEPipeline:
             generator: a CPU generator for the noise instead of ``seed`` (single video).
             crops: ``(aligned 112 identity crop, head crop)`` already made, else found in ``reference``.
             callback: ``callback(video_index, step, steps)`` after every solver step.
+            **sampler: other ``SamplerConfig`` fields (``batch_guidance``, ``cache_threshold``, ``schedule``).
 
         Returns:
             ``(frames, height, width, 3)`` uint8 RGB, or a list of them for a list of prompts.
@@ -416,7 +418,13 @@ class CoFEPipeline:
             height=height,
             width=width,
             config=self.sampler_config(
-                config, steps=steps, shift=shift, solver=solver, text_scale=text_scale, face_scale=face_scale
+                config,
+                steps=steps,
+                shift=shift,
+                solver=solver,
+                text_scale=text_scale,
+                face_scale=face_scale,
+                **sampler,
             ),
             controls=controls or IdentityControls(),
             callback=callback,

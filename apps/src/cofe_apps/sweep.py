@@ -66,62 +66,6 @@ def controls_of(point: dict[str, str]):
     )
 
 
-def yaw_coverage(metrics: dict[str, float]) -> float | None:
-    """Share of sampled frames whose generated face is at |yaw| >= 30 degrees (bench's per-generated-yaw bins)."""
-    shares = {k.rsplit("/", 1)[1]: v for k, v in metrics.items() if k.startswith("by_generated_yaw/frame_share/")}
-    if not shares:
-        return None
-    return float(sum(v for b, v in shares.items() if b != "yaw_lt30"))
-
-
-def identity_metric(metrics: dict[str, float]) -> str | None:
-    return next((m for m in ("facesim_arc", "facesim_dlib", "facesim_cur") if m in metrics), None)
-
-
-def tradeoff_table(rows: list[dict]) -> str:
-    lines = ["| point | identity | facesim | yaw coverage (>= 30 deg) | motion | detection rate |",
-             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
-    for r in rows:
-        m = r["metrics"]
-        key = identity_metric(m)
-        cov = yaw_coverage(m)
-
-        def f(v):
-            return "–" if v is None else f"{v:.4f}"
-
-        lines.append(f"| {r['name']} | {key or '–'} | {f(m.get(key)) if key else '–'} | {f(cov)} | "
-                     f"{f(m.get('motion'))} | {f(m.get('detection_rate'))} |")  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def tradeoff_plot(rows: list[dict], path: Path) -> Path:
-    """Identity similarity against yaw coverage and against motion, one labelled point per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100)
-    for ax, (xname, xof) in zip(axes, (("yaw coverage (share of frames at |yaw| >= 30)", yaw_coverage),
-                                       ("motion", lambda m: m.get("motion"))), strict=True):  # fmt: skip
-        for r in rows:
-            m = r["metrics"]
-            key = identity_metric(m)
-            x, y = xof(m), m.get(key) if key else None
-            if x is None or y is None:
-                continue
-            ax.scatter([x], [y])
-            ax.annotate(r["name"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel(xname, fontsize=8)
-        ax.set_ylabel("identity similarity", fontsize=8)
-    fig.suptitle("identity vs pose freedom, per control setting", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 def build_parser() -> argparse.ArgumentParser:
     from cofe_apps.helptext import HelpFormatter
     from cofe_apps.sample import build_parser as sample_parser
@@ -172,7 +116,7 @@ def main(argv: list[str]) -> int:
         print(f"cofe sweep: {exc}", file=sys.stderr)
         return 2
     from cofe_apps import bench
-    from cofe_apps.compare import load_runs
+    from cofe_apps.compare import load_runs, tradeoff_plot, tradeoff_table
     from cofe_apps.sample import _load, _sample_manifest
 
     out = Path(a.out)

@@ -389,8 +389,6 @@ def test_fsdp2_wraps_every_block(tmp_path):
         (lambda x, t, c: (x[0], t, c), r"x must be \(B, C, F, H, W\)"),
         (lambda x, t, c: (x, t, c[..., :5]), r"context must be \(2, T, 16\)"),
         (lambda x, t, c: (x, t[:1], c), r"timestep must have shape \(2,\) or \(2, 18\)"),
-        (lambda x, t, c: (x.index_fill(2, torch.tensor([1]), float("nan")), t, c), r"x contains NaN"),
-        (lambda x, t, c: (x, t, c.index_fill(1, torch.tensor([0]), float("inf"))), r"context contains NaN or Inf"),
     ],
 )
 def test_bad_input_errors_name_what_was_expected(mutate, message):
@@ -399,6 +397,31 @@ def test_bad_input_errors_name_what_was_expected(mutate, message):
     x, t, ctx = _inputs(cfg, f=3, h=4, w=6)
     with pytest.raises(ValueError, match=message):
         model(*mutate(x, t, ctx))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda x, t, c: (x.index_fill(2, torch.tensor([1]), float("nan")), t, c), r"x contains NaN"),
+        (lambda x, t, c: (x, t, c.index_fill(1, torch.tensor([0]), float("inf"))), r"context contains NaN or Inf"),
+    ],
+)
+def test_finiteness_checks_are_debug_only(mutate, message, monkeypatch):
+    """`bool(isfinite(t).all())` is a host sync on CUDA: off by default, on with `debug_checks` or the env var."""
+    monkeypatch.delenv("COFE_DEBUG_CHECKS", raising=False)
+    cfg = DiTConfig.from_name("tiny")
+    model = DiT(cfg)
+    assert model.debug_checks is False
+    x, t, ctx = _inputs(cfg, f=3, h=4, w=6)
+    bad = mutate(x, t, ctx)
+    model(*bad)  # default: no finiteness check (the NaN propagates)
+    model.debug_checks = True
+    with pytest.raises(ValueError, match=message):
+        model(*bad)
+    model.debug_checks = False
+    monkeypatch.setenv("COFE_DEBUG_CHECKS", "1")
+    with pytest.raises(ValueError, match=message):
+        model(*bad)
 
 
 def test_frame_count_not_divisible_by_temporal_patch():

@@ -31,12 +31,23 @@ from cofe_dit.config import (
     preset_for,
 )
 from cofe_dit.flow import FlowMatching, add_noise, first_frame_mask, i2v_condition, per_token_timesteps, shift_sigmas
-from cofe_dit.model import DiT, DiTBlock, is_fp32_parameter, materialize
+from cofe_dit.model import (
+    ATTENTION_BACKENDS,
+    DEBUG_CHECKS_ENV,
+    DiT,
+    DiTBlock,
+    is_fp32_parameter,
+    materialize,
+    set_attention_backend,
+)
 from cofe_dit.sampling import GuidedVelocity, SamplerConfig, model_timestep, sample, sigma_schedule, solve
+from cofe_dit.step_cache import StepCache
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
+    "ATTENTION_BACKENDS",
+    "DEBUG_CHECKS_ENV",
     "PRESETS",
     "WAN_I2V_NEGATIVE_PROMPT",
     "WAN_NEGATIVE_PROMPT",
@@ -49,6 +60,7 @@ __all__ = [
     "LoadReport",
     "SamplerConfig",
     "SamplingDefaults",
+    "StepCache",
     "add_noise",
     "best_output_size",
     "first_frame_mask",
@@ -65,6 +77,7 @@ __all__ = [
     "resolve_config",
     "sample",
     "save",
+    "set_attention_backend",
     "shift_sigmas",
     "sigma_schedule",
     "solve",

@@ -34,6 +34,12 @@ Construction is lazy: modules are built on the ``meta`` device and then material
 device with Wan's initialisation, so ``with torch.device("meta"): DiT(cfg)`` builds even a 14B model instantly
 and allocates nothing; ``materialize`` (or ``to_empty`` + ``reset_parameters``) initialises it later.
 
+Inference: the forward makes no host sync unless ``debug_checks`` (or ``COFE_DEBUG_CHECKS=1``) adds the NaN / Inf
+input checks; eval-mode forwards reuse the concatenated q/k/v weights (``SelfAttention.fused_qkv``); the attention
+kernel is chosen with ``set_attention_backend`` and the blocks compiled with ``DiT.compile_blocks``;
+``face_scale`` weighs the face branch per block; ``step_cache`` skips the blocks after the first on steps where the
+first block barely changed (``cofe_dit.step_cache``).
+
 Shape legend:
     B batch, C latent channels, F/H/W latent frames/height/width, L = F'H'W' video tokens after patching,
     D model width, N heads, Dh = D / N head width, T text tokens, I CLIP-image tokens, M face tokens.
@@ -41,9 +47,12 @@ Shape legend:
 
 from __future__ import annotations
 
+import importlib
 import math
+import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +60,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from cofe_dit.config import DiTConfig
+
+if TYPE_CHECKING:
+    from cofe_dit.step_cache import StepCache
 
 # Parameters that stay fp32 whatever dtype the model is cast to (see the module docstring).
 _FP32_PARAMETER = re.compile(
@@ -61,6 +73,16 @@ _FP32_PARAMETER = re.compile(
 def is_fp32_parameter(name: str) -> bool:
     """Whether the parameter ``name`` (a Wan-layout key) is one of the DiT's fp32 islands."""
     return _FP32_PARAMETER.search(name) is not None
+
+
+# `COFE_DEBUG_CHECKS=1` switches on the finiteness checks of every DiT (and CoFE) in the process, whatever their
+# `debug_checks` attribute says; read at each forward, so it also works when set after the model was built.
+DEBUG_CHECKS_ENV = "COFE_DEBUG_CHECKS"
+
+
+def debug_checks_from_env() -> bool:
+    """Whether ``COFE_DEBUG_CHECKS`` is set to ``1`` (or ``true`` / ``yes`` / ``on``)."""
+    return os.environ.get(DEBUG_CHECKS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -170,13 +192,91 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x.float(), (self.dim,), w, b, self.eps)
 
 
-def _attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+# Attention kernels: "sdpa" is PyTorch's (flash / memory-efficient kernels on CUDA, any dtype and device); "flash" is
+# the flash-attn package's `flash_attn_func` (FlashAttention-2, Dao 2023), "sage" SageAttention's `sageattn` (INT8
+# QK^T, Zhang et al. 2024): both CUDA-only, fp16 / bf16 only, and both take tokens-first (B, L, N, Dh) tensors.
+ATTENTION_BACKENDS: tuple[str, ...] = ("sdpa", "flash", "sage")
+# backend -> (module imported, pip package that provides it)
+_ATTENTION_PACKAGES = {"flash": ("flash_attn", "flash-attn"), "sage": ("sageattention", "sageattention")}
+
+
+def _attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa") -> Tensor:
     """Multi-head attention with tokens-first layout: ``(B, Lq, N, Dh), (B, Lk, N, Dh) -> (B, Lq, N * Dh)``.
 
-    ``scaled_dot_product_attention`` picks flash / memory-efficient kernels on CUDA.
+    ``backend`` is one of ``ATTENTION_BACKENDS`` (see ``set_attention_backend``); ``sdpa`` is
+    ``scaled_dot_product_attention``, which picks flash / memory-efficient kernels on CUDA.
     """
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, N, Lq, Dh)
-    return out.transpose(1, 2).flatten(2)  # (B, Lq, D)
+    if backend == "sdpa":
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, N, Lq, Dh)
+        return out.transpose(1, 2).flatten(2)  # (B, Lq, D)
+    if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(
+            f"attention backend {backend!r} runs on CUDA in float16 / bfloat16 only; got q of dtype {q.dtype} on "
+            f"{q.device} (run the model in bf16, e.g. model.to(torch.bfloat16) or torch.autocast, on a CUDA device, "
+            f"or choose set_attention_backend(model, 'sdpa'))"
+        )
+    return _kernel_attention(q, k, v, backend)  # (B, Lq, D)
+
+
+def _kernel_attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
+    """The flash-attn / SageAttention call (requirements checked by the caller): ``(B, Lq, N, Dh) -> (B, Lq, D)``."""
+    if backend == "flash":
+        from flash_attn import flash_attn_func
+
+        out = flash_attn_func(q, k, v)  # (B, Lq, N, Dh): tokens-first in and out; scale 1/sqrt(Dh) by default
+    elif backend == "sage":
+        from sageattention import sageattn
+
+        out = sageattn(q, k, v, tensor_layout="NHD", is_causal=False)  # (B, Lq, N, Dh): "NHD" is tokens-first
+    else:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {ATTENTION_BACKENDS}")
+    return out.flatten(2)  # (B, Lq, D)
+
+
+def check_attention_backend(name: str) -> None:
+    """Raise a ``ValueError`` unless ``name`` is a known attention backend whose package is importable.
+
+    Raises:
+        ValueError: an unknown name, or ``flash`` / ``sage`` without the ``flash-attn`` / ``sageattention`` package
+            (the message names the pip package).
+    """
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {ATTENTION_BACKENDS}")
+    if name in _ATTENTION_PACKAGES:
+        module, pip = _ATTENTION_PACKAGES[name]
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(
+                f"attention backend {name!r} needs the {pip!r} package (`pip install {pip}`), which could not be "
+                f"imported: {err}"
+            ) from err
+
+
+def set_attention_backend(model: nn.Module, name: str) -> nn.Module:
+    """Choose the attention kernel of every attention layer of ``model`` (a ``DiT`` or any module holding its blocks).
+
+    Args:
+        model: the module whose self-, text-, image- and face-attention layers switch.
+        name: ``sdpa`` (default: ``F.scaled_dot_product_attention``, any device and dtype), ``flash`` (the
+            ``flash-attn`` package's ``flash_attn_func``) or ``sage`` (the ``sageattention`` package's ``sageattn``).
+            ``flash`` and ``sage`` run on CUDA in fp16 / bf16 only (a bf16 model or ``torch.autocast``); a forward
+            that breaks this raises a ``ValueError`` naming the dtype and device it got.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        ValueError: an unknown name, a backend whose package is not installed (the message names the pip package),
+            or a model without attention layers.
+    """
+    check_attention_backend(name)
+    layers = [m for m in model.modules() if isinstance(m, (SelfAttention, CrossAttention, ExtraContextBranch))]
+    if not layers:
+        raise ValueError(f"set_attention_backend: {type(model).__name__} holds no cofe_dit attention layer")
+    for layer in layers:
+        layer.attention_backend = name
+    return model
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -185,7 +285,11 @@ def _attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 class SelfAttention(nn.Module):
-    """Self-attention over all video tokens with RMS-normalised q, k (over the full width) and 3D RoPE."""
+    """Self-attention over all video tokens with RMS-normalised q, k (over the full width) and 3D RoPE.
+
+    q, k and v run as one GEMM on their concatenated weights (the parameters stay separate, as in Wan's
+    checkpoints). In inference (eval mode, no gradient needed) the concatenation is cached, see ``fused_qkv``.
+    """
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6):
         super().__init__()
@@ -196,18 +300,77 @@ class SelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.attention_backend = "sdpa"
+        # Off by default: inference runs three GEMMs instead (see `_separate_qkv`); on, it keeps the concatenation.
+        self.cache_qkv = False
+        # (key, weight (3D, D), bias (3D,)); a plain attribute, so it is in no state dict and no `.to()`.
+        self._qkv_cache: tuple[tuple, Tensor, Tensor] | None = None
+
+    def _qkv_params(self) -> tuple[Tensor, ...]:
+        return self.q.weight, self.k.weight, self.v.weight, self.q.bias, self.k.bias, self.v.bias
+
+    def fused_qkv(self) -> tuple[Tensor, Tensor]:
+        """The ``(3D, D)`` weight and ``(3D,)`` bias of the fused q/k/v projection.
+
+        Concatenated on every call under autograd (gradients reach the three parameters), in training mode, under
+        ``torch.compile`` and with ``cache_qkv = False``. Otherwise (eval mode, no parameter needing a gradient)
+        the concatenation is cached and rebuilt when any of the six tensors changes: another tensor object, data
+        pointer, dtype or device, or an in-place update (its ``_version``); ``.to()`` / ``.train()`` drop it.
+        Writes that bypass the version counter (``param.data.copy_(...)``, FSDP2's all-gather) are not seen: call
+        ``DiT.clear_caches()`` after them. The cache costs one extra copy of the q/k/v weights (3 D^2 per block).
+        """
+        params = self._qkv_params()
+        if torch.compiler.is_compiling():
+            return torch.cat(params[:3]), torch.cat(params[3:])  # no Python-side state inside a traced graph
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in params)
+        # Inference tensors carry no version counter, so a change could not be detected.
+        if not self.cache_qkv or self.training or needs_grad or any(p.is_inference() for p in params):
+            self._qkv_cache = None
+            return torch.cat(params[:3]), torch.cat(params[3:])  # (3D, D), (3D,)
+        key = (
+            torch.is_inference_mode_enabled(),
+            *((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in params),
+        )
+        if self._qkv_cache is None or self._qkv_cache[0] != key:
+            self._qkv_cache = None  # free the stale copy before building the new one
+            self._qkv_cache = (key, torch.cat(params[:3]), torch.cat(params[3:]))
+        return self._qkv_cache[1], self._qkv_cache[2]
+
+    def clear_cache(self) -> None:
+        """Drop the cached fused q/k/v weight (rebuilt on the next inference forward)."""
+        self._qkv_cache = None
+
+    def train(self, mode: bool = True) -> SelfAttention:
+        self._qkv_cache = None
+        return super().train(mode)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True):
+        # A cast or move may give a parameter new memory at an old address; never trust the key across it.
+        self._qkv_cache = None
+        return super()._apply(fn, recurse)
+
+    def _separate_qkv(self) -> bool:
+        """Inference without the cache, or with quantised (tensor-subclass) weights that ``torch.cat`` cannot join:
+        three GEMMs on the shared input and no weight copy (at video lengths, L = 32760 tokens for the 14B at
+        480p, each GEMM is large enough that fusing them gains nothing measurable, while a concatenated copy costs
+        3 D^2 per block of memory: 6.3 GB for the 14B in bf16, all of it resident even when blocks are streamed)."""
+        if any(type(p) not in (Tensor, nn.Parameter) for p in (self.q.weight, self.k.weight, self.v.weight)):
+            return True
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self._qkv_params())
+        return not (self.training or grad or self.cache_qkv)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
         n = self.num_heads
-        # One GEMM for q, k and v (the parameters stay separate, as in Wan's checkpoints).
-        weight = torch.cat([self.q.weight, self.k.weight, self.v.weight])  # (3D, D)
-        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])  # (3D,)
-        q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)  # 3 x (B, L, D)
+        if self._separate_qkv():
+            q, k, v = self.q(x), self.k(x), self.v(x)  # 3 x (B, L, D)
+        else:
+            weight, bias = self.fused_qkv()  # (3D, D), (3D,)
+            q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)  # 3 x (B, L, D)
         q = self.norm_q(q).unflatten(-1, (n, -1))  # (B, L, N, Dh)
         k = self.norm_k(k).unflatten(-1, (n, -1))  # (B, L, N, Dh)
         v = v.unflatten(-1, (n, -1))  # (B, L, N, Dh)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # (B, L, N, Dh)
-        return self.o(_attention(q, k, v))  # (B, L, D)
+        return self.o(_attention(q, k, v, self.attention_backend))  # (B, L, D)
 
 
 class ExtraContextBranch(nn.Module):
@@ -226,12 +389,13 @@ class ExtraContextBranch(nn.Module):
         self.o = nn.Linear(dim, dim)
         nn.init.zeros_(self.o.weight)
         nn.init.zeros_(self.o.bias)
+        self.attention_backend = "sdpa"
 
     def forward(self, q: Tensor, tokens: Tensor) -> Tensor:
         n = self.num_heads
         k = self.norm_k(self.k(tokens)).unflatten(-1, (n, -1))  # (B, M, N, Dh)
         v = self.v(tokens).unflatten(-1, (n, -1))  # (B, M, N, Dh)
-        return self.o(_attention(q, k, v))  # (B, L, D)
+        return self.o(_attention(q, k, v, self.attention_backend))  # (B, L, D)
 
 
 class CrossAttention(nn.Module):
@@ -262,20 +426,30 @@ class CrossAttention(nn.Module):
             self.norm_k_img = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.has_image = image_dim is not None
         self.face = ExtraContextBranch(dim, face_dim, num_heads, eps) if face_dim is not None else None
+        self.attention_backend = "sdpa"
 
-    def forward(self, x: Tensor, context: Tensor, image: Tensor | None, face: Tensor | None) -> Tensor:
+    def forward(
+        self, x: Tensor, context: Tensor, image: Tensor | None, face: Tensor | None, face_scale: float | Tensor = 1.0
+    ) -> Tensor:
+        """``face_scale`` multiplies the face branch's output: a float, or a ``(B, 1, 1)`` tensor (per sample)."""
         n = self.num_heads
         q = self.norm_q(self.q(x)).unflatten(-1, (n, -1))  # (B, L, N, Dh)
         k = self.norm_k(self.k(context)).unflatten(-1, (n, -1))  # (B, T, N, Dh)
         v = self.v(context).unflatten(-1, (n, -1))  # (B, T, N, Dh)
-        out = _attention(q, k, v)  # (B, L, D)
+        out = _attention(q, k, v, self.attention_backend)  # (B, L, D)
         if self.has_image:
             k_img = self.norm_k_img(self.k_img(image)).unflatten(-1, (n, -1))  # (B, I, N, Dh)
             v_img = self.v_img(image).unflatten(-1, (n, -1))  # (B, I, N, Dh)
-            out = out + _attention(q, k_img, v_img)  # (B, L, D)
+            out = out + _attention(q, k_img, v_img, self.attention_backend)  # (B, L, D)
         out = self.o(out)  # (B, L, D)
         if face is not None:
-            out = out + self.face(q, face)  # (B, L, D)
+            face_out = self.face(q, face)  # (B, L, D)
+            if isinstance(face_scale, Tensor):
+                out = out + face_scale.to(face_out.dtype) * face_out  # (B, L, D)
+            elif face_scale == 1.0:
+                out = out + face_out  # (B, L, D): no multiply, bit-identical to an unscaled branch
+            else:
+                out = out + face_scale * face_out  # (B, L, D)
         return out
 
 
@@ -316,6 +490,7 @@ class DiTBlock(nn.Module):
         rope: tuple[Tensor, Tensor],
         image: Tensor | None = None,
         face: Tensor | None = None,
+        face_scale: float | Tensor = 1.0,
     ) -> Tensor:
         """Run the block.
 
@@ -326,6 +501,7 @@ class DiTBlock(nn.Module):
             rope: ``(cos, sin)``, each ``(L, Dh / 2)``.
             image: ``(B, I, D)`` embedded CLIP image tokens (I2V), or None.
             face: ``(B, M, face_dim)`` extra context tokens for this block, or None.
+            face_scale: multiplies the face branch's output (a float, or ``(B, 1, 1)`` per sample).
         """
         # Compute dtype of the linears: fp32 under autocast (autocast casts), or the dtype of a bf16 model.
         dt = self.ffn[0].weight.dtype
@@ -334,7 +510,7 @@ class DiTBlock(nn.Module):
         x = x + self.self_attn(h.to(dt), rope).float() * gate1  # (B, L, D)
         h = self.norm3(x) if self.norm3 is not None else x  # (B, L, D)
         face = face.to(dt) if face is not None else None
-        x = x + self.cross_attn(h.to(dt), context.to(dt), image, face).float()  # (B, L, D)
+        x = x + self.cross_attn(h.to(dt), context.to(dt), image, face, face_scale).float()  # (B, L, D)
         h = self.norm2(x) * (1 + scale2) + shift2  # (B, L, D)
         x = x + self.ffn(h.to(dt)).float() * gate2  # (B, L, D)
         return x
@@ -418,7 +594,10 @@ class DiT(nn.Module):
         # RoPE tables stay fp32 whatever the model dtype: kept out of the buffers that `.to(dtype)` casts.
         self._rope_cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self.gradient_checkpointing = False
+        # Shape checks of every input (cheap, no host sync); `debug_checks` (or COFE_DEBUG_CHECKS=1) adds the
+        # finiteness checks, which cost one host sync per input tensor on CUDA.
         self.check_inputs = True
+        self.debug_checks = False
         if target.type != "meta":
             self.to_empty(device=target)
             self.reset_parameters()
@@ -517,6 +696,54 @@ class DiT(nn.Module):
         """Parameters of the extra-context (face) branches."""
         return [p for b in self.blocks if b.cross_attn.face is not None for p in b.cross_attn.face.parameters()]
 
+    # ---------------------------------------------------------------------------------------------- inference
+
+    @property
+    def attention_backend(self) -> str:
+        """The attention kernel of the blocks: ``sdpa`` (default), ``flash`` or ``sage`` (see
+        ``set_attention_backend``); assigning to it calls ``set_attention_backend(self, name)``."""
+        return self.blocks[0].self_attn.attention_backend if len(self.blocks) else "sdpa"
+
+    @attention_backend.setter
+    def attention_backend(self, name: str) -> None:
+        set_attention_backend(self, name)
+
+    @property
+    def cache_qkv(self) -> bool:
+        """Whether inference forwards run one GEMM on a cached concatenation of the q/k/v weights
+        (``SelfAttention.fused_qkv``; default False: three GEMMs, no weight copy). Training always concatenates."""
+        return all(b.self_attn.cache_qkv for b in self.blocks)
+
+    @cache_qkv.setter
+    def cache_qkv(self, enabled: bool) -> None:
+        for block in self.blocks:
+            block.self_attn.cache_qkv = bool(enabled)
+        self.clear_caches()
+
+    def clear_caches(self) -> None:
+        """Drop the cached fused q/k/v weights (needed only after writes the version counter does not see, such as
+        ``param.data.copy_(...)``; in-place updates, ``.to()`` and ``.train()`` invalidate them by themselves)."""
+        for block in self.blocks:
+            block.self_attn.clear_cache()
+
+    def compile_blocks(self, **compile_kwargs) -> DiT:
+        """Regional compilation: ``torch.compile`` each ``DiTBlock`` in place (``block.compile(**compile_kwargs)``).
+
+        The blocks share one code object, so one compiled graph serves all of them (diffusers'
+        ``compile_repeated_blocks``): compile time is that of one block, not of the whole model, and the embedding,
+        head and the Python around the blocks (face scales, the step cache) stay eager.
+
+        Args:
+            **compile_kwargs: passed to ``torch.compile`` (e.g. ``mode="max-autotune-no-cudagraphs"``,
+                ``dynamic=False``, ``fullgraph=True``).
+
+        Returns:
+            ``self``.
+        """
+        for block in self.blocks:
+            block.compile(**compile_kwargs)
+        return self
+
     # ----------------------------------------------------------------------------------------------------------
 
     def patchify(self, x: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
@@ -556,6 +783,9 @@ class DiT(nn.Module):
         cond: Tensor | None = None,
         clip_tokens: Tensor | None = None,
         face_tokens: Sequence[Tensor | None] | None = None,
+        face_scale: float | Tensor | Sequence[float | Tensor] = 1.0,
+        step_cache: StepCache | None = None,
+        cache_key: Hashable = None,
     ) -> Tensor:
         """Predict the flow-matching velocity.
 
@@ -566,12 +796,23 @@ class DiT(nn.Module):
             cond: ``(B, in_dim - out_dim, F, H, W)`` for ``i2v``: 4 mask channels + first-frame latent video.
             clip_tokens: ``(B, I, image_dim)`` CLIP image tokens for ``i2v``.
             face_tokens: one entry per block, each ``(B, M, face_dim)`` or None; needs ``face_dim`` in the config.
+            face_scale: multiplies each block's face-branch output: one float for all blocks, or one per block (a
+                sequence of ``num_layers``); an entry may also be a ``(B,)`` tensor, one scale per sample. 1.0 (the
+                default) adds the branch unscaled; 0.0 for a block is that block's face tokens being None.
+            step_cache: reuse the blocks after the first across solver steps (``cofe_dit.StepCache``; sampling with
+                ``SamplerConfig.cache_threshold > 0`` passes one). None (default): every block runs.
+            cache_key: which stream of calls this is for ``step_cache`` (one per guidance pass).
 
         Returns:
             ``(B, out_dim, F, H, W)`` velocity, in the dtype of ``x`` (fp32 under autocast).
+
+        Raises:
+            ValueError: inputs of the wrong shape (with ``check_inputs``, default on), non-finite inputs (only with
+                ``debug_checks`` or ``COFE_DEBUG_CHECKS=1``), a ``face_scale`` of the wrong length.
         """
         if self.check_inputs:
             self._check_inputs(x, timestep, context, cond, clip_tokens, face_tokens)
+        scales = self._face_scales(face_scale, x.shape[0])  # NB x (float | (B, 1, 1))
         if cond is not None:
             x = torch.cat([x, cond.to(x.dtype)], dim=1)  # (B, C_in, F, H, W)
         tokens, grid = self.patchify(x.to(self.patch_embedding.weight.dtype))  # (B, L, D)
@@ -583,13 +824,55 @@ class DiT(nn.Module):
         if image is not None:
             image = image.to(self.text_embedding[0].weight.dtype)
         faces = list(face_tokens) if face_tokens is not None else [None] * len(self.blocks)
-        for block, face in zip(self.blocks, faces, strict=True):
-            if self.gradient_checkpointing and torch.is_grad_enabled():
-                tokens = checkpoint(block, tokens, e, ctx, rope, image, face, use_reentrant=False)
-            else:
-                tokens = block(tokens, e, ctx, rope, image, face)  # (B, L, D)
+        # Scale 0 switches a block's branch off: exactly the block without face tokens, and no branch compute.
+        faces = [None if isinstance(s, float) and s == 0.0 else f for f, s in zip(faces, scales, strict=True)]
+        if step_cache is None:
+            for block, face, scale in zip(self.blocks, faces, scales, strict=True):
+                if self.gradient_checkpointing and torch.is_grad_enabled():
+                    tokens = checkpoint(block, tokens, e, ctx, rope, image, face, scale, use_reentrant=False)
+                else:
+                    tokens = block(tokens, e, ctx, rope, image, face, scale)  # (B, L, D)
+        else:
+            tokens = self._cached_blocks(tokens, e, ctx, rope, image, faces, scales, step_cache, cache_key)
         out = self.head(tokens, t_emb)  # (B, L, C*pt*ph*pw)
         return self.unpatchify(out.float(), grid).to(x.dtype)  # (B, C, F, H, W)
+
+    def _cached_blocks(self, tokens, e, ctx, rope, image, faces, scales, cache: StepCache, key) -> Tensor:
+        """The blocks with First-Block-Cache reuse (see ``cofe_dit.step_cache``): block 0 always runs; when its
+        residual barely changed since the last fully computed step of ``key``, the other blocks' residual of that
+        step is reused instead of running them."""
+        first = self.blocks[0](tokens, e, ctx, rope, image, faces[0], scales[0])  # (B, L, D)
+        first_residual = first - tokens  # (B, L, D)
+        rest = cache.reuse(key, first_residual)  # (B, L, D) or None
+        if rest is not None:
+            return first + rest  # (B, L, D)
+        tokens = first
+        for block, face, scale in zip(self.blocks[1:], faces[1:], scales[1:], strict=True):
+            tokens = block(tokens, e, ctx, rope, image, face, scale)  # (B, L, D)
+        cache.store(key, first_residual, tokens - first)
+        return tokens
+
+    def _face_scales(self, face_scale, batch: int) -> list[float | Tensor]:
+        """``face_scale`` as one entry per block: a float, or a ``(B, 1, 1)`` tensor."""
+        n = len(self.blocks)
+        if isinstance(face_scale, (int, float, Tensor)):
+            entries = [face_scale] * n
+        else:
+            entries = list(face_scale)
+            if len(entries) != n:
+                raise ValueError(f"face_scale needs one entry per block ({n}), got {len(entries)}")
+        out: list[float | Tensor] = []
+        for i, s in enumerate(entries):
+            if isinstance(s, Tensor):
+                if tuple(s.shape) != (batch,):
+                    raise ValueError(f"face_scale[{i}] as a tensor is per sample, ({batch},); got {tuple(s.shape)}")
+                out.append(s.reshape(batch, 1, 1))  # (B, 1, 1)
+            else:
+                s = float(s)
+                if not math.isfinite(s):
+                    raise ValueError(f"face_scale[{i}] must be finite, got {s}")
+                out.append(s)
+        return out
 
     def _check_inputs(self, x, timestep, context, cond, clip_tokens, face_tokens) -> None:
         cfg = self.cfg
@@ -629,6 +912,8 @@ class DiT(nn.Module):
             for i, ft in enumerate(face_tokens):
                 if ft is not None and (ft.ndim != 3 or ft.shape[0] != b or ft.shape[-1] != cfg.face_dim):
                     raise ValueError(f"face_tokens[{i}] must be ({b}, M, {cfg.face_dim}), got {tuple(ft.shape)}")
+        if not (self.debug_checks or debug_checks_from_env()):
+            return  # `bool(isfinite(t).all())` waits for the device: one host sync per tensor, debug only
         named = {"x": x, "timestep": timestep, "context": context, "cond": cond, "clip_tokens": clip_tokens}
         for i, ft in enumerate(face_tokens or []):
             named[f"face_tokens[{i}]"] = ft

@@ -11,6 +11,17 @@ a model trained with face dropout to zero tokens should be given zero tokens). W
 zero: ``s_text == 1`` drops v(-,-), ``s_face == 0`` drops v(t,f), ``s_face == s_text`` drops v(t,-); (1, 1) is one
 pass. Without face tokens ``v(t,f) = v(t,-)`` and this is ordinary classifier-free guidance.
 
+Inference levers (every default reproduces the plain sampler bit for bit):
+
+- ``SamplerConfig.face_window = (start, end)``: the face tokens are given only on steps ``i`` (of ``n``) with
+  ``start <= i / n < end``; elsewhere the face pass takes ``negative_face_tokens``, which makes it the text pass, so
+  the two are merged into one evaluation with the summed weight.
+- ``sample(..., face_branch_scale=s)``: ``DiT.forward(..., face_scale=s)`` on the pass that carries the face tokens.
+- ``SamplerConfig.batch_guidance``: the guidance passes of a step run as one forward of batch ``passes * B``. A pass
+  without face tokens for a block (None: the branch off) is given zero tokens *and* a per-sample branch scale of 0:
+  zero tokens alone are not the branch off (the branch then still adds ``W_o b_v + b_o``, its bias path).
+- ``SamplerConfig.cache_threshold > 0``: First-Block-Cache reuse of the blocks across steps (``cofe_dit.step_cache``).
+
 Timesteps: the solvers integrate in exact (fp64) sigmas; the model is given ``int(sigma * 1000)``, as Wan's
 ``FlowUniPCMultistepScheduler.set_timesteps`` (``timesteps = sigmas * 1000`` cast to int64) and diffusers'
 ``UniPCMultistepScheduler`` (``.to(dtype=torch.int64)``) give it.
@@ -22,7 +33,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -31,6 +42,7 @@ from torch import Tensor
 from cofe_dit.config import SOLVERS, DiTConfig, SamplingDefaults, Solver
 from cofe_dit.flow import per_token_timesteps, shift_sigmas
 from cofe_dit.model import DiT
+from cofe_dit.step_cache import StepCache
 
 Schedule = Literal["wan", "diffusers"]
 
@@ -48,6 +60,13 @@ class SamplerConfig:
         face_scale: guidance scale of the face tokens (0 = no face, 1 = the face branch on without extra guidance).
         schedule: ``wan`` (Wan's ``shift(linspace(1 - 1/1000, 0, steps + 1))``) or ``diffusers`` (diffusers'
             flow UniPC: ``shift(linspace(1, 1/1000, steps + 1)[:-1])`` with the first sigma 1 - 1e-6, then 0).
+        face_window: ``(start, end)``: the face tokens are given on solver steps ``i`` (0-based, of ``steps``) with
+            ``start <= i / steps < end``; outside, the face pass takes ``negative_face_tokens`` (and is merged with
+            the text pass: no extra evaluation). ``0 <= start <= end <= 1``; default ``(0, 1)``: every step.
+        batch_guidance: run the guidance passes of a step as one forward on the concatenated batch (faster on a
+            device with spare parallelism; equal to separate passes within fp32 rounding).
+        cache_threshold: First-Block-Cache threshold (``cofe_dit.StepCache``): skip the blocks after the first
+            when the first block's residual changed by less than this, relative L1. 0 (default): off.
     """
 
     steps: int = 50
@@ -56,6 +75,9 @@ class SamplerConfig:
     text_scale: float = 5.0
     face_scale: float = 1.0
     schedule: Schedule = "wan"
+    face_window: tuple[float, float] = (0.0, 1.0)
+    batch_guidance: bool = False
+    cache_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -66,6 +88,15 @@ class SamplerConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose 'wan' or 'diffusers'")
         if self.shift <= 0:
             raise ValueError(f"shift must be positive, got {self.shift}")
+        window = tuple(self.face_window)
+        if len(window) != 2 or not all(isinstance(v, (int, float)) for v in window):
+            raise ValueError(f"face_window must be (start, end), two numbers; got {self.face_window!r}")
+        start, end = float(window[0]), float(window[1])
+        if not 0.0 <= start <= end <= 1.0:
+            raise ValueError(f"face_window must satisfy 0 <= start <= end <= 1, got ({start}, {end})")
+        object.__setattr__(self, "face_window", (start, end))  # a list from YAML becomes the tuple
+        if not math.isfinite(self.cache_threshold) or self.cache_threshold < 0:
+            raise ValueError(f"cache_threshold must be finite and >= 0 (0 = off), got {self.cache_threshold}")
 
     @classmethod
     def from_defaults(cls, defaults: SamplingDefaults | DiTConfig, **overrides: Any) -> SamplerConfig:
@@ -120,11 +151,38 @@ def model_timestep(sigma: float, num_train_timesteps: int = 1000) -> float:
     return float(int(sigma * num_train_timesteps))
 
 
+class _Pass(NamedTuple):
+    """One model evaluation of a guidance step: its name, weight in the sum and inputs."""
+
+    key: str
+    weight: float
+    context: Tensor
+    faces: Sequence[Tensor | None] | None
+    scale: float | list[float]  # DiT.forward's face_scale
+
+
 class GuidedVelocity:
     """Callable ``(x, sigma) -> guided velocity`` that wraps a DiT and its conditions (see the module docstring).
 
+    Args:
+        model: the DiT.
+        context: ``(B, T, text_dim)`` embedded prompt.
+        negative_context: embedded negative prompt (needed when ``text_scale != 1``).
+        face_tokens: per-block face tokens, or None.
+        cond, clip_tokens: Wan 2.1 I2V conditioning.
+        text_scale, face_scale: guidance scales.
+        first_frame: Wan 2.2 TI2V given leading latent frame(s) (their tokens see timestep 0).
+        negative_face_tokens: the face-unconditional tokens (None: the face branch off).
+        sigmas: the sampling schedule (``steps + 1`` values); tells which step a call belongs to. Needed by
+            ``face_window`` (other than the default) and ``step_cache``.
+        face_window: ``(start, end)``, see ``SamplerConfig.face_window``.
+        face_branch_scale: ``DiT.forward``'s ``face_scale`` on the pass carrying ``face_tokens`` (one float, or one
+            per block).
+        batch_guidance: run the passes of a call as one forward on the concatenated batch.
+        step_cache: a ``StepCache`` to reuse blocks across steps (one stream per pass).
+
     Attributes:
-        evaluations: model forward passes made so far.
+        evaluations: model forward passes made so far (a batched call counts once).
         weights: ``{"neg": w, "text": w, "full": w}``: the nonzero weights of v(-,-), v(text,-), v(text,face).
     """
 
@@ -141,6 +199,11 @@ class GuidedVelocity:
         face_scale: float = 1.0,
         first_frame: Tensor | None = None,
         negative_face_tokens: Sequence[Tensor | None] | None = None,
+        sigmas: Sequence[float] | None = None,
+        face_window: tuple[float, float] = (0.0, 1.0),
+        face_branch_scale: float | Sequence[float] = 1.0,
+        batch_guidance: bool = False,
+        step_cache: StepCache | None = None,
     ):
         s_t, s_f = float(text_scale), float(face_scale)
         if face_tokens is None:
@@ -157,6 +220,52 @@ class GuidedVelocity:
         self.negative_face_tokens = negative_face_tokens
         self.evaluations = 0
 
+        # Steps: the solvers call the velocity once per step at sigmas[i], so the sigma names the step.
+        self._step_of = {float(s): i for i, s in enumerate(list(sigmas)[:-1])} if sigmas is not None else None
+        self.num_steps = len(self._step_of) if self._step_of is not None else None
+        start, end = (float(v) for v in face_window)
+        if not 0.0 <= start <= end <= 1.0:
+            raise ValueError(f"face_window must satisfy 0 <= start <= end <= 1, got ({start}, {end})")
+        self.face_window = (start, end)
+        if self.face_window != (0.0, 1.0) and sigmas is None:
+            raise ValueError(f"face_window={self.face_window} needs sigmas (the schedule) to know the step")
+        if step_cache is not None and sigmas is None:
+            raise ValueError("step_cache needs sigmas (the schedule): it never reuses on the first or last step")
+        self.step_cache = step_cache
+        self.face_branch_scale = self._branch_scale(face_branch_scale)
+        self.batch_guidance = bool(batch_guidance)
+        self._batched_inputs: dict[tuple[str, ...], tuple] = {}
+        if self.batch_guidance:
+            self._check_batchable()
+
+    def _branch_scale(self, scale: float | Sequence[float]) -> float | list[float]:
+        if isinstance(scale, (int, float)):
+            return float(scale)
+        scales = [float(s) for s in scale]
+        n = self.model.cfg.num_layers
+        if len(scales) != n:
+            raise ValueError(f"face_branch_scale needs one entry per block ({n}), got {len(scales)}")
+        return 1.0 if all(s == 1.0 for s in scales) else scales
+
+    def _check_batchable(self) -> None:
+        """The passes concatenate along the batch: their contexts and per-block face tokens must agree in shape."""
+        if "neg" in self.weights and self.negative_context.shape != self.context.shape:
+            raise ValueError(
+                f"batch_guidance concatenates the passes: context {tuple(self.context.shape)} and negative_context "
+                f"{tuple(self.negative_context.shape)} must have the same shape (pad the prompts to one length)"
+            )
+        for i in range(self.model.cfg.num_layers):
+            shapes = {
+                tuple(tokens[i].shape)
+                for tokens in (self.face_tokens, self.negative_face_tokens)
+                if tokens is not None and tokens[i] is not None
+            }
+            if len(shapes) > 1:
+                raise ValueError(
+                    f"batch_guidance concatenates the passes: face_tokens[{i}] and negative_face_tokens[{i}] must have "
+                    f"the same shape, got {sorted(shapes)}"
+                )
+
     def _timestep(self, x: Tensor, sigma: float) -> Tensor:
         t = torch.full((x.shape[0],), model_timestep(sigma, self.model.cfg.num_train_timesteps), device=x.device)
         if self.first_frame is None:
@@ -165,22 +274,126 @@ class GuidedVelocity:
         grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
         return per_token_timesteps(t, grid, given_frames=self.first_frame.shape[2] // pt)  # (B, L)
 
-    def _run(self, x: Tensor, t: Tensor, context: Tensor, faces) -> Tensor:
+    def _step(self, sigma: float) -> int | None:
+        if self._step_of is None:
+            return None
+        step = self._step_of.get(float(sigma))
+        if step is None:
+            raise ValueError(f"sigma {sigma} is not a step of the schedule this GuidedVelocity was given")
+        return step
+
+    def face_active(self, step: int | None) -> bool:
+        """Whether the face tokens are given on ``step`` (``face_window``); always, when the step is unknown."""
+        if step is None or self.face_window == (0.0, 1.0):
+            return True
+        start, end = self.face_window
+        return start <= step / self.num_steps < end
+
+    def passes(self, step: int | None = None) -> list[_Pass]:
+        """The model evaluations of ``step``, conditional first (as Wan and diffusers); passes with equal inputs
+        (the face pass outside ``face_window`` is the text pass) are merged into one with the summed weight."""
+        if self.face_active(step):
+            full = ("full", self.context, self.face_tokens, self.face_branch_scale)
+        else:
+            full = ("text", self.context, self.negative_face_tokens, 1.0)
+        inputs = {
+            "full": full,
+            "text": ("text", self.context, self.negative_face_tokens, 1.0),
+            "neg": ("neg", self.negative_context, self.negative_face_tokens, 1.0),
+        }
+        merged: dict[str, _Pass] = {}
+        for term in ("full", "text", "neg"):
+            if term in self.weights:
+                key, context, faces, scale = inputs[term]
+                w = self.weights[term]
+                if key in merged:
+                    merged[key] = merged[key]._replace(weight=merged[key].weight + w)
+                else:
+                    merged[key] = _Pass(key, w, context, faces, scale)
+        return [p for p in merged.values() if p.weight != 0.0]
+
+    def _run(self, x: Tensor, t: Tensor, p: _Pass) -> Tensor:
         self.evaluations += 1
-        return self.model(x, t, context, cond=self.cond, clip_tokens=self.clip_tokens, face_tokens=faces).float()
+        extra: dict[str, Any] = {}
+        # Only non-default arguments are passed: the default call is the plain DiT forward, argument for argument.
+        if p.scale != 1.0:
+            extra["face_scale"] = p.scale
+        if self.step_cache is not None:
+            extra.update(step_cache=self.step_cache, cache_key=p.key)
+        return self.model(
+            x, t, p.context, cond=self.cond, clip_tokens=self.clip_tokens, face_tokens=p.faces, **extra
+        ).float()
+
+    def _batched(self, passes: list[_Pass], batch: int) -> tuple:
+        """Concatenated per-pass inputs (built once per set of passes): context, cond, clip tokens, face tokens and
+        the per-block face scales (a float when all samples agree, else ``(P * B,)``)."""
+        keys = tuple(p.key for p in passes)
+        if keys in self._batched_inputs:
+            return self._batched_inputs[keys]
+        n_pass = len(passes)
+        context = torch.cat([p.context for p in passes])  # (P*B, T, text_dim)
+        cond = torch.cat([self.cond] * n_pass) if self.cond is not None else None  # (P*B, C', F, H, W)
+        clip = torch.cat([self.clip_tokens] * n_pass) if self.clip_tokens is not None else None  # (P*B, I, C)
+        faces, scales = None, 1.0
+        if any(p.faces is not None for p in passes):
+            faces, scales = [], []
+            for i in range(self.model.cfg.num_layers):
+                column = [p.faces[i] if p.faces is not None else None for p in passes]
+                given = [c for c in column if c is not None]
+                if not given:
+                    faces.append(None)
+                    scales.append(1.0)
+                    continue
+                # None (branch off) -> zero tokens with branch scale 0: out + 0 * branch(0) = out.
+                faces.append(torch.cat([c if c is not None else torch.zeros_like(given[0]) for c in column]))
+                per_pass = [
+                    (p.scale if isinstance(p.scale, float) else p.scale[i]) if c is not None else 0.0
+                    for p, c in zip(passes, column, strict=True)
+                ]
+                if all(s == per_pass[0] for s in per_pass):
+                    scales.append(per_pass[0])
+                else:  # built on the device by fills: no host-to-device copy
+                    device = given[0].device
+                    scales.append(torch.cat([torch.full((batch,), s, device=device) for s in per_pass]))  # (P*B,)
+        self._batched_inputs[keys] = (context, cond, clip, faces, scales)
+        return self._batched_inputs[keys]
+
+    def _run_batched(self, x: Tensor, t: Tensor, passes: list[_Pass]) -> Tensor:
+        n_pass = len(passes)
+        context, cond, clip, faces, scales = self._batched(passes, x.shape[0])
+        extra: dict[str, Any] = {}
+        if not (isinstance(scales, float) and scales == 1.0):
+            extra["face_scale"] = scales
+        if self.step_cache is not None:
+            extra.update(step_cache=self.step_cache, cache_key="+".join(p.key for p in passes))
+        self.evaluations += 1
+        out = self.model(
+            torch.cat([x] * n_pass),  # (P*B, C, F, H, W)
+            torch.cat([t] * n_pass),  # (P*B,) | (P*B, L)
+            context,
+            cond=cond,
+            clip_tokens=clip,
+            face_tokens=faces,
+            **extra,
+        ).float()  # (P*B, C, F, H, W)
+        v = None
+        for p, chunk in zip(passes, out.chunk(n_pass), strict=True):
+            term = p.weight * chunk
+            v = term if v is None else v + term
+        return v
 
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
         t = self._timestep(x, sigma)
-        inputs = {
-            "full": (self.context, self.face_tokens),
-            "text": (self.context, self.negative_face_tokens),
-            "neg": (self.negative_context, self.negative_face_tokens),
-        }
+        step = self._step(sigma)
+        if self.step_cache is not None:
+            self.step_cache.start_step(step, self.num_steps)
+        passes = self.passes(step)
+        if self.batch_guidance and len(passes) > 1:
+            return self._run_batched(x, t, passes)
         v = None
-        for key in ("full", "text", "neg"):  # conditional first, as Wan and diffusers
-            if key in self.weights:
-                term = self.weights[key] * self._run(x, t, *inputs[key])
-                v = term if v is None else v + term
+        for p in passes:
+            term = p.weight * self._run(x, t, p)
+            v = term if v is None else v + term
         return v
 
 
@@ -202,6 +415,8 @@ def sample(
     noise: Tensor | None = None,
     sigmas: Sequence[float] | None = None,
     callback: Callable[[int, Tensor], None] | None = None,
+    face_branch_scale: float | Sequence[float] = 1.0,
+    step_cache: StepCache | None = None,
 ) -> Tensor:
     """Generate a latent video.
 
@@ -220,11 +435,23 @@ def sample(
         noise: explicit initial noise of ``shape``.
         sigmas: explicit decreasing noise levels (overrides the config's steps, shift and schedule).
         callback: ``callback(step, x)`` after every step.
+        face_branch_scale: strength of the face branch, ``DiT.forward(..., face_scale=)`` on the pass that carries
+            ``face_tokens``: one float, or one per block (1.0: unscaled).
+        step_cache: the ``StepCache`` to use (e.g. to read its ``cached`` / ``computed`` counts afterwards; it is
+            reset first). Default: one built from ``config.cache_threshold`` when that is > 0.
 
     Returns:
         ``(B, C, F, H, W)`` fp32 latent.
     """
     config = config or SamplerConfig()
+    if step_cache is None and config.cache_threshold > 0:
+        step_cache = StepCache(config.cache_threshold)
+    elif step_cache is not None and config.cache_threshold not in (0.0, step_cache.threshold):
+        raise ValueError(
+            f"step_cache has threshold {step_cache.threshold} but config.cache_threshold is {config.cache_threshold}"
+        )
+    if step_cache is not None:
+        step_cache.reset()
     device = context.device
     if noise is None:
         if generator is None:
@@ -238,6 +465,7 @@ def sample(
         if first_frame.shape[:2] != x.shape[:2] or first_frame.shape[3:] != x.shape[3:] or k >= x.shape[2]:
             raise ValueError(f"first_frame {tuple(first_frame.shape)} does not fit latent shape {tuple(shape)}")
         first_frame = first_frame.to(x)
+    sigmas = list(sigmas) if sigmas is not None else config.sigmas()
     velocity = GuidedVelocity(
         model,
         context,
@@ -249,8 +477,12 @@ def sample(
         face_scale=config.face_scale,
         first_frame=first_frame,
         negative_face_tokens=negative_face_tokens,
+        sigmas=sigmas,
+        face_window=config.face_window,
+        face_branch_scale=face_branch_scale,
+        batch_guidance=config.batch_guidance,
+        step_cache=step_cache,
     )
-    sigmas = list(sigmas) if sigmas is not None else config.sigmas()
 
     def clamp(z: Tensor) -> Tensor:
         if first_frame is None:

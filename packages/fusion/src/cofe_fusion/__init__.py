@@ -11,6 +11,7 @@ from cofe_fusion.config import PRESETS, CoFEConfig, ExpertSpec
 from cofe_fusion.functional import BACKENDS, expert_gate, resolve_backend
 from cofe_fusion.layers import FusedExpertMix
 from cofe_fusion.model import (
+    DEBUG_CHECKS_ENV,
     DIT_TRAINABLE_PATTERNS,
     CoFE,
     CoFEOutput,
@@ -23,10 +24,11 @@ from cofe_fusion.model import (
 )
 from cofe_fusion.ops.reference import expert_gate_reference
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BACKENDS",
+    "DEBUG_CHECKS_ENV",
     "DIT_TRAINABLE_PATTERNS",
     "PRESETS",
     "CoFE",

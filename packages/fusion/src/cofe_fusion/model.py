@@ -9,6 +9,11 @@ DiT block ``l``::
 The weighted sum is ``cofe_fusion.expert_gate`` (one Triton kernel on CUDA, forward and backward). The output is
 what ``cofe_dit.DiT.forward(..., face_tokens=...)`` takes when ``DiTConfig.face_dim == CoFEConfig.dim``.
 
+Inference control: ``CoFE.forward(..., expert_weights=w)`` reweighs the experts of every block's gate,
+``g'_k = g_k w_k / sum_j g_j w_j``, computed as ``softmax(logits + log w)`` (the same fused softmax; ``w_k = 0``
+gives a ``-inf`` logit and removes expert k). ``debug_checks`` (or ``COFE_DEBUG_CHECKS=1``) checks the gate logits
+for NaN / Inf, one host sync per block on CUDA; off by default.
+
 Why gates act on the fused tokens and not on the video tokens: the fused tokens are the keys and values of the
 DiT's decoupled cross-attention, computed once before the DiT runs and shared by every video query. A gate per
 video token would need a different set of keys/values per query (a mixture of per-expert attention outputs),
@@ -26,6 +31,8 @@ Shape legend:
 from __future__ import annotations
 
 import fnmatch
+import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -38,6 +45,7 @@ from cofe_fusion.config import CoFEConfig, ExpertSpec
 from cofe_fusion.functional import expert_gate
 
 __all__ = [
+    "DEBUG_CHECKS_ENV",
     "DIT_TRAINABLE_PATTERNS",
     "CoFE",
     "CoFEOutput",
@@ -48,6 +56,15 @@ __all__ = [
     "PerceiverResampler",
     "freeze_dit_for_cofe",
 ]
+
+
+# `COFE_DEBUG_CHECKS=1` switches on the finiteness checks of every CoFE (and cofe_dit DiT) in the process; read at
+# each forward. (The same variable as cofe_dit's; fusion does not import cofe_dit.)
+DEBUG_CHECKS_ENV = "COFE_DEBUG_CHECKS"
+
+
+def _debug_checks_from_env() -> bool:
+    return os.environ.get(DEBUG_CHECKS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass
@@ -318,8 +335,9 @@ class CoFE(nn.Module):
         self.projectors = nn.ModuleDict({s.name: ExpertProjector(s, cfg) for s in cfg.experts})
         gate_in = e * d + (cfg.gate_context_dim or 0)
         self.gates = nn.ModuleList(ExpertGate(gate_in, cfg.gate_hidden, e) for _ in range(cfg.num_blocks))
-        # Also check the gate logits are finite (one host sync per block on CUDA; turn off once a run is stable).
-        self.check_inputs = True
+        # Check the gate logits for NaN / Inf: one host sync per block on CUDA, so only when debugging (or with
+        # COFE_DEBUG_CHECKS=1). Shapes are always checked.
+        self.debug_checks = False
 
     def project(self, features: Mapping[str, Any] | Sequence[Any]) -> Tensor:
         """Project every expert: ``(B, M, E, D)``, experts in config order.
@@ -363,27 +381,74 @@ class CoFE(nn.Module):
             raise ValueError("CoFE: context given but gate_context_dim is None in the config")
         return h
 
-    def forward(self, features: Mapping[str, Any] | Sequence[Any], context: Tensor | None = None) -> CoFEOutput:
+    def forward(
+        self,
+        features: Mapping[str, Any] | Sequence[Any],
+        context: Tensor | None = None,
+        *,
+        expert_weights: Mapping[str, float] | Sequence[float] | None = None,
+    ) -> CoFEOutput:
         """Fused tokens for every block.
 
         Args:
             features: expert outputs (see ``project``).
             context: ``(B, Cx)`` extra gate input when ``gate_context_dim`` is set (e.g. a timestep embedding).
+            expert_weights: inference-time weights of the experts, applied to every block's learned gates and
+                renormalised: ``g'_k = g_k w_k / sum_j g_j w_j`` (as ``softmax(logits + log w)``). A mapping
+                ``{expert name: w}`` (experts not named keep 1) or one weight per expert in config order. ``w_k = 0``
+                removes expert k; weights must be finite, >= 0 and not all zero. None (default): the learned gates.
 
         Returns:
-            ``CoFEOutput(tokens=[NB x (B, M, D)], gates=(NB, B, [M,] E), experts=(B, M, E, D))``.
+            ``CoFEOutput(tokens=[NB x (B, M, D)], gates=(NB, B, [M,] E), experts=(B, M, E, D))``; with
+            ``expert_weights`` the gates are the renormalised ones.
+
+        Raises:
+            ValueError: features or context of the wrong shape, bad ``expert_weights`` (unknown expert names,
+                wrong length, negative, non-finite or all zero), non-finite logits (only with ``debug_checks``).
         """
         cfg = self.cfg
+        weights = self._expert_weights(expert_weights)
         experts = self.project(features)  # (B, M, E, D)
         h = self.gate_input(experts, context)  # (B, [M,] E*D + Cx)
+        # log w on the device without a blocking copy (a pageable non-blocking copy is staged at once: safe).
+        log_w = torch.tensor(weights).log().to(h.device, non_blocking=True) if weights is not None else None  # (E,)
+        debug = self.debug_checks or _debug_checks_from_env()
         tokens, gates = [], []
-        for gate in self.gates:
+        for i, gate in enumerate(self.gates):
             logits = gate(h)  # (B, E) block mode | (B, M, E) token mode
-            # Block mode: one logit vector per sample serves its M tokens (the kernel's broadcast mode).
-            fused = expert_gate(logits, experts, backend=cfg.backend, check_finite=self.check_inputs)  # (B, M, D)
+            if debug and not bool(torch.isfinite(logits).all()):
+                raise ValueError(f"CoFE: gate {i} logits of shape {tuple(logits.shape)} contain NaN or Inf values")
+            if log_w is not None:
+                logits = logits.float() + log_w  # (B, [M,] E) fp32: softmax(z + log w)_k = g_k w_k / sum_j g_j w_j
+            # Block mode: one logit vector per sample serves its M tokens (the kernel's broadcast mode). The logits
+            # were checked above (a zero weight's -inf is meant), so the op does not check them again.
+            fused = expert_gate(logits, experts, backend=cfg.backend, check_finite=False)  # (B, M, D)
             tokens.append(fused)
             gates.append(logits.float().softmax(dim=-1))  # (B, [M,] E)
         return CoFEOutput(tokens, torch.stack(gates), experts)  # (NB, B, [M,] E)
+
+    def _expert_weights(self, expert_weights: Mapping[str, float] | Sequence[float] | None) -> list[float] | None:
+        """``expert_weights`` as one validated float per expert in config order (None stays None)."""
+        if expert_weights is None:
+            return None
+        names = list(self.cfg.expert_names)
+        if isinstance(expert_weights, Mapping):
+            unknown = sorted(set(expert_weights) - set(names))
+            if unknown:
+                raise ValueError(f"CoFE: expert_weights names unknown experts {unknown}; the experts are {names}")
+            weights = [float(expert_weights.get(n, 1.0)) for n in names]
+        else:
+            weights = [float(w) for w in expert_weights]
+            if len(weights) != len(names):
+                raise ValueError(f"CoFE: expert_weights needs one weight per expert {names}, got {len(weights)}")
+        bad = {n: w for n, w in zip(names, weights, strict=True) if not (math.isfinite(w) and w >= 0)}
+        if bad:
+            raise ValueError(f"CoFE: expert_weights must be finite and >= 0, got {bad}")
+        if not any(w > 0 for w in weights):
+            raise ValueError(
+                f"CoFE: expert_weights {dict(zip(names, weights, strict=True))} are all zero: no expert left"
+            )
+        return weights
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """All CoFE parameters (projectors and gates); the experts are frozen and live outside this module."""
