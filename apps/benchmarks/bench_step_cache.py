@@ -32,7 +32,7 @@ def tiny_export(tmp: Path) -> Path:
     from cofe_apps.module import CoFEModule
     from cofe_apps.precompute import PrecomputeConfig, precompute
     from cofe_apps.specs import ExpertsSpec, TextSpec, VAESpec
-    from cofe_apps.synthetic import make_curated_shards
+    from cofe_apps.synthetic import make_curated_shards, move_off_zero_init
 
     curated = make_curated_shards(tmp / "curated")
     cfg = PrecomputeConfig(frames=9, height=64, width=64, vae=VAESpec(tiny=True), text=TextSpec(tiny=True, dim=16),
@@ -41,11 +41,7 @@ def tiny_export(tmp: Path) -> Path:
     module = CoFEModule(dit="tiny-ti2v", dit_overrides={"text_dim": 16}, cofe="tiny",
                         components=str(tmp / "train" / "config.json"), freeze="full")  # fmt: skip
     module.configure_model()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in module.net.named_parameters():
-            if "cross_attn.face" in name or "gates" in name or name.startswith("dit.head.head"):
-                p.add_(torch.randn(p.shape, generator=gen) * 0.2)
+    move_off_zero_init(module.net)
     ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "cofe": module.cofe_meta()}
     torch.save(ckpt, tmp / "last.ckpt")
     return export(tmp / "last.ckpt", tmp / "tiny.safetensors")

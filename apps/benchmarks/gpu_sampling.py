@@ -49,33 +49,10 @@ SHRUNK_COFE = {"dim": 128, "num_tokens": 4, "resampler_dim": 64, "resampler_head
 SMOKE = {"dit": "tiny-ti2v", "dit_overrides": {"text_dim": 16}, "cofe": "tiny", "frames": 9, "size": (64, 64)}
 
 
-def arcface_like_onnx(path: Path, dim: int = 512) -> Path:
-    """A random ONNX graph with an ArcFace recogniser's interface (112 x 112 RGB in, a ``dim``-d embedding out), as
-    the rehearsal test makes one: the identity expert at its real width with no weights to fetch."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 16, 16)).astype(np.float32) * 0.05, "w"),
-             numpy_helper.from_array(rng.standard_normal((dim, 8 * 7 * 7)).astype(np.float32) * 0.1, "fc"),
-             numpy_helper.from_array(np.zeros(dim, np.float32), "b")]  # fmt: skip
-    nodes = [helper.make_node("Conv", ["data", "w"], ["f"], kernel_shape=[16, 16], strides=[16, 16]),
-             helper.make_node("Flatten", ["f"], ["flat"], axis=1),
-             helper.make_node("Gemm", ["flat", "fc", "b"], ["emb"], transB=1)]  # fmt: skip
-    graph = helper.make_graph(
-        nodes, "arcface_like", [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 112, 112])],
-        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["N", dim])], inits,
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
 def components(preset: str | None, tmp: Path):
     """Random components at ``preset``'s geometry (None: the tiny ones of the smoke test)."""
     from cofe_apps.specs import ComponentsSpec, ExpertsSpec, TextSpec, VAESpec, rehearsal_components
+    from cofe_apps.synthetic import arcface_like_onnx
 
     if preset is None:
         return ComponentsSpec(VAESpec(tiny=True), TextSpec(tiny=True, dim=16), ExpertsSpec())

@@ -17,7 +17,7 @@ import pytest
 import torch
 from fitting import precompute_tiny
 
-from cofe_apps.synthetic import hopper
+from cofe_apps.synthetic import hopper, move_off_zero_init
 
 PROMPT = "a woman in a naval uniform turns her head"
 SIZE = dict(frames=9, height=64, width=64, steps=3)
@@ -37,11 +37,7 @@ def trained(tmp_path_factory, make_curated):
     module = CoFEModule(dit="tiny-ti2v", dit_overrides={"text_dim": 16}, cofe="tiny", components=str(tmp / "train" /
                         "config.json"), freeze="full", ema_decay=0.99)  # fmt: skip
     module.configure_model()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in module.net.named_parameters():
-            if "cross_attn.face" in name or "gates" in name or name.startswith("dit.head.head"):
-                p.add_(torch.randn(p.shape, generator=gen) * 0.2)
+    move_off_zero_init(module.net)
     ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "cofe": module.cofe_meta(),
             "global_step": 7}  # fmt: skip
     torch.save(ckpt, tmp / "last.ckpt")

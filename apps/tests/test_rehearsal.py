@@ -8,15 +8,14 @@ Wan 2.2 TI2V the given first frame and per-token timesteps; Wan 2.1 I2V the CLIP
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from fitting import ROOT, recorded, run_fit
 from PIL import Image
 
 from cofe_apps.io import read_mp4, read_npy
+from cofe_apps.synthetic import arcface_like_onnx
 
 SHRUNK_DIT = {"dim": 128, "ffn_dim": 256, "num_heads": 1, "num_layers": 2}  # head width 128, as every Wan
 SHRUNK_COFE = {"dim": 128, "num_tokens": 4, "resampler_dim": 64, "resampler_heads": 4, "resampler_depth": 1,
@@ -27,28 +26,6 @@ CASES = {
     "wan2.2-ti2v-5b": ("wan2.2-ti2v-5b-cofe.yaml", (48, 3, 4, 4), True, 2),
     "wan2.1-i2v-14b": ("wan2.1-i2v-14b-cofe.yaml", (16, 3, 8, 8), True, 1),
 }
-
-
-def arcface_like_onnx(path: Path, dim: int = 512) -> Path:
-    """A random ONNX graph with an ArcFace recogniser's interface (112 x 112 RGB in, a ``dim``-d embedding out)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 16, 16)).astype(np.float32) * 0.05, "w"),
-             numpy_helper.from_array(rng.standard_normal((dim, 8 * 7 * 7)).astype(np.float32) * 0.1, "fc"),
-             numpy_helper.from_array(np.zeros(dim, np.float32), "b")]  # fmt: skip
-    nodes = [helper.make_node("Conv", ["data", "w"], ["f"], kernel_shape=[16, 16], strides=[16, 16]),
-             helper.make_node("Flatten", ["f"], ["flat"], axis=1),
-             helper.make_node("Gemm", ["flat", "fc", "b"], ["emb"], transB=1)]  # fmt: skip
-    graph = helper.make_graph(
-        nodes, "arcface_like", [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 112, 112])],
-        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["N", dim])], inits,
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
 
 
 @pytest.mark.slow

@@ -114,3 +114,38 @@ def make_curated_shards(
                 sink.write({**sample, "ref_id.png": ref_id_png})
         paths.append(str(path))
     return paths
+
+
+def arcface_like_onnx(path: Path, dim: int = 512) -> Path:
+    """A random ONNX graph with an ArcFace recogniser's interface (112 x 112 RGB in, a ``dim``-d embedding out)."""
+    import onnx  # onnx is installed with onnxruntime's tooling (tests, benchmarks)
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 16, 16)).astype(np.float32) * 0.05, "w"),
+             numpy_helper.from_array(rng.standard_normal((dim, 8 * 7 * 7)).astype(np.float32) * 0.1, "fc"),
+             numpy_helper.from_array(np.zeros(dim, np.float32), "b")]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["data", "w"], ["f"], kernel_shape=[16, 16], strides=[16, 16]),
+             helper.make_node("Flatten", ["f"], ["flat"], axis=1),
+             helper.make_node("Gemm", ["flat", "fc", "b"], ["emb"], transB=1)]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "arcface_like", [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["N", dim])], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def move_off_zero_init(model, seed: int = 0, scale: float = 0.2) -> None:
+    """Add seeded noise to a CoFE network's face branch, gates and output head (``CoFEModel`` or anything with
+    ``dit.`` / ``cofe.`` parameter names), which start at zero: an untrained model then draws a video that
+    depends on the face, so tests and benchmarks of sampling can see the face conditioning act."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "cross_attn.face" in name or "gates" in name or name.startswith("dit.head.head"):
+                p.add_(torch.randn(p.shape, generator=gen) * scale)
