@@ -35,7 +35,7 @@ device with Wan's initialisation, so ``with torch.device("meta"): DiT(cfg)`` bui
 and allocates nothing; ``materialize`` (or ``to_empty`` + ``reset_parameters``) initialises it later.
 
 Inference: the forward makes no host sync unless ``debug_checks`` (or ``COFE_DEBUG_CHECKS=1``) adds the NaN / Inf
-input checks; eval-mode forwards reuse the concatenated q/k/v weights (``SelfAttention.fused_qkv``); the attention
+input checks; eval-mode forwards never concatenate the q/k/v weights (``SelfAttention``); the attention
 kernel is chosen with ``set_attention_backend`` and the blocks compiled with ``DiT.compile_blocks``;
 ``face_scale`` weighs the face branch per block; ``step_cache`` skips the blocks after the first on steps where the
 first block barely changed (``cofe_dit.step_cache``).
@@ -287,8 +287,12 @@ def set_attention_backend(model: nn.Module, name: str) -> nn.Module:
 class SelfAttention(nn.Module):
     """Self-attention over all video tokens with RMS-normalised q, k (over the full width) and 3D RoPE.
 
-    q, k and v run as one GEMM on their concatenated weights (the parameters stay separate, as in Wan's
-    checkpoints). In inference (eval mode, no gradient needed) the concatenation is cached, see ``fused_qkv``.
+    The parameters stay separate, as in Wan's checkpoints. Under autograd q, k and v run as one GEMM on their
+    concatenated weights (as in 0.2); in inference (eval mode, no gradient needed) as three GEMMs on the shared input,
+    with no weight copy (``_separate_qkv``), or, with ``cache_qkv = True``, as one GEMM on a cached concatenation
+    (``fused_qkv``: 0.2's arithmetic exactly). On CPU the two are bit-identical (oneDNN / MKL compute each output
+    column independently of the GEMM's width); cuBLAS may pick another kernel for width D than for 3D, so on CUDA the
+    three-GEMM default can differ from 0.2 in the last bits.
     """
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6):
