@@ -26,37 +26,12 @@ from pathlib import Path
 import torch
 
 from cofe_dit import DiT, DiTConfig, SamplerConfig, StepCache, sample
-from cofe_dit.checkpoint import to_wan_layout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools"))  # helpers shared by benchmarks
+# bench_dit.py (beside this script, on sys.path when it runs) builds the diffusers transformer and our DiT with the
+# same random weights; both come back in training mode.
+from bench_dit import build_pair
 from provenance import git_revision
-
-
-def build_pair(cfg: DiTConfig, device: torch.device, seed: int = 0):
-    """diffusers' WanTransformer3DModel with random weights and our DiT loaded with exactly those weights (the
-    conversion of test_parity / bench_dit), both in eval mode."""
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(seed)
-    ref = WanTransformer3DModel(
-        patch_size=cfg.patch_size,
-        num_attention_heads=cfg.num_heads,
-        attention_head_dim=cfg.head_dim,
-        in_channels=cfg.in_dim,
-        out_channels=cfg.out_dim,
-        text_dim=cfg.text_dim,
-        freq_dim=cfg.freq_dim,
-        ffn_dim=cfg.ffn_dim,
-        num_layers=cfg.num_layers,
-        cross_attn_norm=cfg.cross_attn_norm,
-        eps=cfg.eps,
-    )
-    with torch.no_grad():
-        for p in ref.parameters():  # diffusers' init leaves some tables at zero/one: make every weight matter
-            p.add_(0.02 * torch.randn_like(p))
-    ours = DiT(cfg)
-    ours.load_state_dict(to_wan_layout(ref.state_dict()), strict=True)
-    return ref.to(device).eval(), ours.to(device).eval()
 
 
 def scheduler(shift: float):
@@ -129,7 +104,7 @@ def main() -> None:
         name="bench", dim=args.dim, num_heads=args.heads, ffn_dim=args.ffn, num_layers=args.layers,
         text_dim=args.dim, freq_dim=args.dim,
     )  # fmt: skip
-    ref, ours = build_pair(cfg, device)
+    ref, ours = (m.eval() for m in build_pair(cfg, device))
     shift, text_scale = 5.0, 5.0
     g = torch.Generator().manual_seed(0)
     shape = (1, cfg.out_dim, args.frames, args.height, args.width)
