@@ -461,7 +461,9 @@ class CoFEPipeline:
         contexts, neg = states[:-1], states[-1:]
 
         # 2. Reference and first frame: experts, CLIP (I2V) and the VAE encoder; then CoFE's fused tokens.
-        with self._on_device(enc.experts, enc.image, enc.vae, self.model.cofe):
+        # The VAE encoder and CLIP serve first frames only: a T2V batch leaves them where they are.
+        framed = any(r.first_frame is not None for r in requests)
+        with self._on_device(enc.experts, self.model.cofe, *((enc.image, enc.vae) if framed else ())):
             feats = enc.experts.encode([c[0] for c in crops], [c[1] for c in crops])
             feats = {k: torch.from_numpy(v.astype(np.float32)).to(dev) for k, v in feats.items()}
             faces, _ = self.model.face_tokens(feats, expert_weights=controls.expert_weights)  # NB x (N, M, D)
